@@ -1,0 +1,1 @@
+"""Optuna search spaces for the papers' studies. Knows Optuna, never torch."""

@@ -1,0 +1,225 @@
+"""Typed, frozen run configuration, translated once at the edge (CLI or Tune).
+
+``RunConfig.from_flat`` turns a flat dict (a Tune ``config``, CLI flags) into
+validated dataclasses; ``RunConfig.to_params`` gives the flat form that MLflow
+stores as params and the reports read back. Models and the engine receive the
+dataclasses, never the dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from sgstudy.errors import ConfigError
+
+MODELS = ("motifs", "sgtr", "dsg")
+PROTOCOLS = ("predcls", "sgcls", "sgdet")
+PRESETS = ("tiny", "paper")
+# Which relational features the auxiliary branch masks, and what it aligns.
+MASKED_INPUTS = ("edge_input", "edge_context")
+ALIGN_TARGETS = ("representation", "distribution", "both")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Self-supervised relation alignment (SPEC §4). ``enabled=False`` is the plain model.
+
+    mask_ratio:   p, the Bernoulli probability that a relational feature element is zeroed
+    weight:       λ in L = L_sgg + λ · L_align
+    masked_input: "edge_input" masks the input of the edge-context encoder (before message
+                  passing, as in the paper); "edge_context" masks its output
+    target:       "representation" aligns the projected pair representations (MSE),
+                  "distribution" the predicate distributions (KL), "both" sums the two
+    """
+
+    enabled: bool = False
+    mask_ratio: float = 0.1
+    weight: float = 10.0
+    masked_input: str = "edge_input"
+    target: str = "representation"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ConfigError(f"mask_ratio (p) must be in [0, 1), got {self.mask_ratio}")
+        if not (self.weight >= 0.0 and math.isfinite(self.weight)):
+            raise ConfigError(f"align_weight (λ) must be a finite number >= 0, got {self.weight}")
+        _check_choice("masked_input", self.masked_input, MASKED_INPUTS)
+        _check_choice("align_target", self.target, ALIGN_TARGETS)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "motifs"
+    protocol: str = "predcls"
+    preset: str = "tiny"
+    align: AlignConfig = field(default_factory=AlignConfig)
+    # Trained detector checkpoint (``sgstudy train-detector``); required for sgdet.
+    detector_checkpoint: str | None = None
+    # Backbone weights from a local file (ImageNet or a detector's); nothing downloads.
+    backbone_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("model", self.name, MODELS)
+        _check_choice("protocol", self.protocol, PROTOCOLS)
+        _check_choice("preset", self.preset, PRESETS)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD with momentum, linear warm-up, step decay and grad-norm clipping (SPEC §3)."""
+
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 50
+    max_grad_norm: float = 5.0
+    batch_size: int = 8
+    epochs: int = 4
+    # Epochs (1-based) after which the learning rate is multiplied by 0.1.
+    lr_steps: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("batch_size", "epochs"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_iters < 0 or self.weight_decay < 0:
+            raise ConfigError("warmup_iters and weight_decay must be >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/synthetic"
+    # VG150 keeps images under <root>/VG_100K; another folder can be named.
+    image_dir: str | None = None
+    # None: the dataset's own choice (its sgstudy meta file), else 5,000 as in VG150.
+    num_val_images: int | None = None
+    filter_non_overlap: bool = False
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 0
+    # "auto" picks CUDA when available.
+    device: str = "auto"
+    # Mixed precision; only takes effect on CUDA.
+    amp: bool = True
+
+    @staticmethod
+    def from_flat(values: dict[str, Any]) -> RunConfig:
+        """Build from flat keys (the names of ``to_params``). Unknown keys are an error."""
+        values = dict(values)
+        unknown = set(values) - set(_FLAT_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        try:
+            align = AlignConfig(
+                enabled=_as_bool("align", values.pop("align", False)),
+                mask_ratio=float(values.pop("mask_ratio", AlignConfig.mask_ratio)),
+                weight=float(values.pop("align_weight", AlignConfig.weight)),
+                masked_input=values.pop("masked_input", AlignConfig.masked_input),
+                target=values.pop("align_target", AlignConfig.target),
+            )
+            model = ModelConfig(
+                name=values.pop("model", ModelConfig.name),
+                protocol=values.pop("protocol", ModelConfig.protocol),
+                preset=values.pop("preset", ModelConfig.preset),
+                align=align,
+                detector_checkpoint=values.pop("detector_checkpoint", None),
+                backbone_weights=values.pop("backbone_weights", None),
+            )
+            optim_defaults = OptimConfig()
+            optim = OptimConfig(
+                **{
+                    f.name: _coerce(f.name, values.pop(f.name), getattr(optim_defaults, f.name))
+                    for f in dataclasses.fields(OptimConfig)
+                    if f.name in values
+                }
+            )
+            data = DataConfig(
+                root=str(values.pop("data_root", DataConfig.root)),
+                image_dir=values.pop("image_dir", None),
+                num_val_images=_opt_int(values.pop("num_val_images", None)),
+                filter_non_overlap=_as_bool(
+                    "filter_non_overlap", values.pop("filter_non_overlap", False)
+                ),
+                num_workers=int(values.pop("num_workers", 0)),
+            )
+            return RunConfig(
+                model=model,
+                optim=optim,
+                data=data,
+                seed=int(values.pop("seed", 0)),
+                device=str(values.pop("device", "auto")),
+                amp=_as_bool("amp", values.pop("amp", True)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad config value: {exc}") from exc
+
+    def to_params(self) -> dict[str, Any]:
+        """Flat view with stable keys (MLflow params; ``from_flat`` reads it back)."""
+        m, a, o, d = self.model, self.model.align, self.optim, self.data
+        return {
+            "model": m.name,
+            "protocol": m.protocol,
+            "preset": m.preset,
+            "align": a.enabled,
+            "mask_ratio": a.mask_ratio,
+            "align_weight": a.weight,
+            "masked_input": a.masked_input,
+            "align_target": a.target,
+            "detector_checkpoint": m.detector_checkpoint,
+            "backbone_weights": m.backbone_weights,
+            **{f.name: getattr(o, f.name) for f in dataclasses.fields(OptimConfig)},
+            "data_root": d.root,
+            "image_dir": d.image_dir,
+            "num_val_images": d.num_val_images,
+            "filter_non_overlap": d.filter_non_overlap,
+            "num_workers": d.num_workers,
+            "seed": self.seed,
+            "device": self.device,
+            "amp": self.amp,
+        }
+
+    def replace(self, **flat: Any) -> RunConfig:
+        """A copy with some flat keys changed, validated like ``from_flat``."""
+        return RunConfig.from_flat({**self.to_params(), **flat})
+
+
+_FLAT_KEYS = tuple(RunConfig().to_params())
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {key} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ConfigError(f"{key} must be a boolean, got {value!r}")
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value in (None, "None", "") else int(value)
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        return tuple(int(v) for v in value)
+    return type(default)(value)

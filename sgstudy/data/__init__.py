@@ -1,0 +1,1 @@
+"""sgstudy.data: VG150-format scene-graph datasets (synthetic and real)."""

@@ -1,0 +1,1 @@
+"""sgstudy.evaluation: Scene-Graph-Benchmark metrics."""

@@ -1,0 +1,69 @@
+"""Metric names, defined once: Tune's ``metric=``, MLflow keys and report columns.
+
+MLflow rejects ``@`` in metric names, so keys are stored as ``mR_50`` and
+rendered as ``mR@50``. This module imports nothing heavy: reports use it
+without torch.
+"""
+
+from __future__ import annotations
+
+RECALL_KS: tuple[int, ...] = (20, 50, 100)
+
+# Families of recall metrics, each reported at every K in RECALL_KS.
+#   R     recall with graph constraint          mR     mean recall over predicates
+#   ng_R  recall without graph constraint       ng_mR  mean recall, no graph constraint
+#   zR    zero-shot recall (unseen triplets)    ng_zR  zero-shot recall, no graph constraint
+RECALL_FAMILIES: tuple[str, ...] = ("R", "mR", "ng_R", "ng_mR", "zR", "ng_zR")
+
+# Predicate groups by training frequency; group metric = mean of per-predicate recalls.
+PREDICATE_GROUPS: tuple[str, ...] = ("head", "body", "tail")
+
+LOSS_TERMS: tuple[str, ...] = ("loss_rel", "loss_obj", "loss_align")
+TOTAL_LOSS = "loss"
+
+# The metric a study optimises and the reports sort by.
+PRIMARY_METRIC = "mR_50"
+
+
+def recall_key(family: str, k: int) -> str:
+    """``recall_key("mR", 50) == "mR_50"``."""
+    if family not in RECALL_FAMILIES:
+        raise ValueError(f"unknown recall family {family!r}; expected one of {RECALL_FAMILIES}")
+    return f"{family}_{k}"
+
+
+def group_key(group: str, k: int) -> str:
+    """Mean recall over one predicate group: ``group_key("tail", 100) == "tail_mR_100"``."""
+    if group not in PREDICATE_GROUPS:
+        raise ValueError(f"unknown predicate group {group!r}; expected one of {PREDICATE_GROUPS}")
+    return f"{group}_mR_{k}"
+
+
+def all_recall_keys() -> list[str]:
+    return [recall_key(f, k) for f in RECALL_FAMILIES for k in RECALL_KS]
+
+
+def all_group_keys() -> list[str]:
+    return [group_key(g, k) for g in PREDICATE_GROUPS for k in RECALL_KS]
+
+
+def display_name(key: str) -> str:
+    """Render a stored key for people: ``mR_50`` -> ``mR@50``, ``ng_mR_100`` -> ``ng-mR@100``,
+    ``tail_mR_100`` -> ``tail mR@100``. Keys that are not recall metrics are returned as is."""
+    stem, sep, k = key.rpartition("_")
+    if not sep or not k.isdigit():
+        return key
+    for group in PREDICATE_GROUPS:
+        if stem == f"{group}_mR":
+            return f"{group} mR@{k}"
+    if stem in RECALL_FAMILIES:
+        return f"{stem.replace('ng_', 'ng-')}@{k}"
+    return key
+
+
+def stored_name(name: str) -> str:
+    """Inverse of ``display_name``: accepts ``mR@50`` or ``mR_50`` and returns ``mR_50``."""
+    for group in PREDICATE_GROUPS:
+        if name.startswith(f"{group} "):
+            name = f"{group}_" + name[len(group) + 1 :]
+    return name.replace("ng-", "ng_").replace("@", "_")

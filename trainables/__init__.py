@@ -1,0 +1,1 @@
+"""Ray Tune trainables: the only layer that calls Ray."""
