@@ -1,0 +1,31 @@
+"""How a study is laid out in MLflow: the names the tracking layer writes and the reports read.
+
+- One MLflow experiment per study, named after the study (``align-motifs-p``).
+- One parent run per launch of the study: tag ``ROLE_TAG = "study"``.
+- One child run per trial: tag ``ROLE_TAG = "trial"`` and ``mlflow.parentRunId``; params are
+  ``RunConfig.to_params()`` (``model``, ``protocol``, ``align``, ``mask_ratio``, ``align_weight``,
+  ``seed``, ...) plus the provenance params below; metrics per epoch (``step`` = epoch, 1-based)
+  with the names of ``sgstudy.metric_names``; the per-predicate recall artifact at
+  ``PER_PREDICATE_ARTIFACT`` (schema in ``sgstudy.evaluation.sgg_eval.per_predicate_artifact``).
+
+Imports nothing heavy: the reports layer reads it without torch.
+"""
+
+ROLE_TAG = "sgstudy.role"
+STUDY_TAG = "sgstudy.study"
+TRIAL_ID_TAG = "sgstudy.trial_id"
+NODE_ID_TAG = "sgstudy.node_id"
+PARENT_TAG = "mlflow.parentRunId"
+ROLE_STUDY = "study"
+ROLE_TRIAL = "trial"
+
+# Provenance params logged with every trial besides the run config.
+GIT_COMMIT_PARAM = "git_commit"
+DATASET_FINGERPRINT_PARAM = "dataset_fingerprint"
+VERSION_PARAM = "sgstudy_version"
+STUDY_PARAM = "study"
+
+PER_PREDICATE_ARTIFACT = "per_predicate_recall.json"
+RESOLVED_CONFIG_ARTIFACT = "config.json"
+# Where the report command logs its outputs inside the study's parent run.
+REPORT_ARTIFACT_DIR = "report"
