@@ -29,3 +29,10 @@ PER_PREDICATE_ARTIFACT = "per_predicate_recall.json"
 RESOLVED_CONFIG_ARTIFACT = "config.json"
 # Where the report command logs its outputs inside the study's parent run.
 REPORT_ARTIFACT_DIR = "report"
+
+
+def default_tracking_uri() -> str:
+    """A SQLite store in the working directory (MLflow >= 3.13 refuses the old file store)."""
+    from pathlib import Path
+
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"

@@ -1,0 +1,322 @@
+"""The ``sgstudy`` command line.
+
+Each subcommand translates flags into the typed config once and calls one
+function of the layer that does the work. Heavy imports (torch, ray, mlflow)
+happen inside the handlers so that ``sgstudy --help`` is instant. A
+``UserError`` anywhere becomes one ``error: ...`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from sgstudy.errors import UserError
+from sgstudy.metric_names import RECALL_FAMILIES, RECALL_KS, display_name, recall_key
+
+EXIT_USAGE = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag gives one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message}\n")
+
+
+def format_recall_table(metrics: dict[str, float], title: str = "") -> str:
+    """A fixed-width table of the recall families at each K, in percent."""
+    header = f"{'':8s}" + "".join(f"{'@' + str(k):>8s}" for k in RECALL_KS)
+    lines = [title] if title else []
+    lines.append(header)
+    for family in RECALL_FAMILIES:
+        cells = [metrics.get(recall_key(family, k)) for k in RECALL_KS]
+        if all(c is None for c in cells):
+            continue
+        name = display_name(recall_key(family, RECALL_KS[0])).split("@")[0]
+        lines.append(
+            f"{name:8s}" + "".join(f"{'-' if c is None else f'{100 * c:.1f}':>8s}" for c in cells)
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- data
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from sgstudy.data.synthetic import generate_synthetic_dataset
+
+    out = generate_synthetic_dataset(
+        Path(args.out), args.num_images, args.image_size, args.seed, progress=True
+    )
+    print(f"synthetic dataset written to {out}")
+
+
+def cmd_data_check(args: argparse.Namespace) -> None:
+    from sgstudy.data.check import check_dataset
+
+    print(check_dataset(Path(args.root), args.image_dir, args.num_val_images))
+
+
+# ---------------------------------------------------------------- baseline
+def cmd_baseline(args: argparse.Namespace) -> None:
+    import torch
+
+    from sgstudy.config import DataConfig, RunConfig
+    from sgstudy.data.statistics import compute_statistics
+    from sgstudy.engine import evaluate
+    from sgstudy.models.frequency import FrequencyBaseline
+    from sgstudy.training import load_split, make_evaluator, make_loader
+
+    config = RunConfig(data=DataConfig(root=args.data, num_val_images=args.num_val_images))
+    statistics = compute_statistics(load_split(config, "train"))
+    model = FrequencyBaseline.from_statistics(statistics)
+    loader = make_loader(load_split(config, args.split), config)
+    result = evaluate(model, loader, make_evaluator(config, statistics), torch.device("cpu"))
+    print(
+        format_recall_table(
+            result.metrics, f"Frequency baseline, PredCls, {args.split} split ({args.data})"
+        )
+    )
+
+
+# ---------------------------------------------------------------- training
+def run_config_from_args(args: argparse.Namespace) -> object:
+    from sgstudy.config import RunConfig
+
+    flat = {
+        "model": args.model,
+        "protocol": args.protocol,
+        "preset": args.preset,
+        "align": args.align,
+        "mask_ratio": args.mask_ratio,
+        "align_weight": args.align_weight,
+        "masked_input": args.masked_input,
+        "align_target": args.align_target,
+        "detector_checkpoint": args.detector,
+        "backbone_weights": args.backbone_weights,
+        "data_root": args.data,
+        "image_dir": args.image_dir,
+        "num_val_images": args.num_val_images,
+        "seed": args.seed,
+        "device": args.device,
+        "amp": not args.no_amp,
+        "num_workers": args.num_workers,
+    }
+    optim = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+    }
+    flat.update({k: v for k, v in optim.items() if v is not None})
+    return RunConfig.from_flat(flat)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from sgstudy.training import (
+        CHECKPOINT_NAME,
+        CONFIG_NAME,
+        METRICS_NAME,
+        TrainingSession,
+        write_json,
+    )
+
+    config = run_config_from_args(args)
+    out = Path(args.out)
+    checkpoint = out / CHECKPOINT_NAME
+    resume = checkpoint if args.resume and checkpoint.is_file() else None
+    session = TrainingSession.start(config, resume, progress=not args.quiet)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / CONFIG_NAME, config.to_params())
+    history = []
+    result = None
+    while not session.done:
+        result = session.run_epoch()
+        session.save(checkpoint)
+        m = result.metrics
+        print(
+            f"epoch {result.epoch}/{config.optim.epochs}  loss {result.losses['loss']:.4f}  "
+            f"R@50 {100 * m['R_50']:.1f}  mR@50 {100 * m['mR_50']:.1f}  "
+            f"({result.seconds:.0f} s)",
+            flush=True,
+        )
+        history.append({"epoch": result.epoch, **result.losses, **m})
+        write_json(
+            out / METRICS_NAME,
+            {"val": m, "history": history, "per_predicate": result.per_predicate},
+        )
+    if result is None:
+        print(f"{out} already holds {session.epoch} epochs; nothing to train")
+        return
+    print(
+        format_recall_table(result.metrics, f"\n{config.model.name} {config.model.protocol}, val")
+    )
+    print(f"run written to {out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from sgstudy.training import (
+        CHECKPOINT_NAME,
+        TrainingSession,
+        artifact_of,
+        load_split,
+        make_loader,
+        read_run_config,
+        write_json,
+    )
+
+    run_dir = Path(args.run_dir)
+    config = read_run_config(run_dir)
+    session = TrainingSession.start(config, run_dir / CHECKPOINT_NAME, progress=not args.quiet)
+    result = session.evaluate(make_loader(load_split(config, args.split), config), args.split)
+    write_json(
+        run_dir / f"metrics_{args.split}.json",
+        {args.split: result.metrics, "per_predicate": artifact_of(result, session.statistics)},
+    )
+    title = f"{config.model.name} {config.model.protocol}, {args.split} (epoch {session.epoch})"
+    print(format_recall_table(result.metrics, title))
+
+
+def cmd_train_detector(args: argparse.Namespace) -> None:
+    from sgstudy.config import DataConfig
+    from sgstudy.detector_training import train_detector
+
+    data = DataConfig(root=args.data, image_dir=args.image_dir, num_val_images=args.num_val_images)
+    result = train_detector(
+        data, args.preset, Path(args.out), args.epochs, args.seed, args.weights, args.device
+    )
+    print(json.dumps(result, indent=2))
+
+
+# ---------------------------------------------------------------- reports
+def cmd_report(args: argparse.Namespace) -> None:
+    from reports.report import write_report
+    from sgstudy.tracking_layout import default_tracking_uri
+
+    outputs = write_report(
+        args.study,
+        args.tracking_uri or default_tracking_uri(),
+        Path(args.out),
+        compare=tuple(args.compare) if args.compare else None,
+        formats=tuple(f.strip() for f in args.format.split(",") if f.strip()),
+        metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None,
+    )
+    print(outputs.main_table)
+    print(f"\nreport written to {outputs.index}")
+
+
+# ---------------------------------------------------------------- parser
+def add_data_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--data", required=required, help="dataset root (VG150 layout)")
+    parser.add_argument("--image-dir", help="image folder (default: DATA/VG_100K)")
+    parser.add_argument(
+        "--num-val-images",
+        type=int,
+        help="non-test images held out as val (default: the dataset's meta file, else 5000)",
+    )
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    from sgstudy.config import ALIGN_TARGETS, MASKED_INPUTS, MODELS, PRESETS, PROTOCOLS
+
+    p = subparsers.add_parser("train", help="train one relation model, print val metrics")
+    p.add_argument("--model", choices=MODELS, default="motifs")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="predcls")
+    p.add_argument("--preset", choices=PRESETS, default="tiny")
+    p.add_argument("--align", action="store_true", help="add self-supervised relation alignment")
+    p.add_argument("--mask-ratio", type=float, default=0.1, help="p, masking ratio (default 0.1)")
+    p.add_argument("--align-weight", type=float, default=10.0, help="λ, loss weight (default 10)")
+    p.add_argument("--masked-input", choices=MASKED_INPUTS, default="edge_input")
+    p.add_argument("--align-target", choices=ALIGN_TARGETS, default="representation")
+    p.add_argument("--detector", help="detector checkpoint from train-detector (needed for sgdet)")
+    p.add_argument("--backbone-weights", help="local backbone weights file")
+    add_data_flags(p)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sgstudy import __version__
+
+    parser = OneLineParser(prog="sgstudy", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sgstudy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    data = sub.add_parser("data", help="create or check a dataset")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
+    synth = data_sub.add_parser("synth", help="render the synthetic scene-graph dataset")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--num-images", type=int, default=2000)
+    synth.add_argument("--image-size", type=int, default=128)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(handler=cmd_data_synth)
+    check = data_sub.add_parser("check", help="validate a dataset and print a summary")
+    check.add_argument("root")
+    check.add_argument("--image-dir")
+    check.add_argument("--num-val-images", type=int)
+    check.set_defaults(handler=cmd_data_check)
+
+    base = sub.add_parser("baseline", help="evaluate the frequency baseline (PredCls)")
+    add_data_flags(base)
+    base.add_argument("--split", choices=("val", "test"), default="test")
+    base.set_defaults(handler=cmd_baseline)
+
+    add_train_parser(sub)
+
+    ev = sub.add_parser("evaluate", help="re-evaluate a trained run's checkpoint")
+    ev.add_argument("run_dir")
+    ev.add_argument("--split", choices=("val", "test"), default="test")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(handler=cmd_evaluate)
+
+    det = sub.add_parser("train-detector", help="train the object detector on a dataset's boxes")
+    add_data_flags(det)
+    det.add_argument("--preset", choices=("tiny", "paper"), default="tiny")
+    det.add_argument("--out", required=True)
+    det.add_argument("--epochs", type=int, default=10)
+    det.add_argument("--seed", type=int, default=0)
+    det.add_argument("--weights", help="local backbone weights file (nothing downloads)")
+    det.add_argument("--device", default="auto")
+    det.set_defaults(handler=cmd_train_detector)
+
+    from trainables.cli import register_cli
+
+    register_cli(sub)
+
+    rep = sub.add_parser("report", help="render a study's tables and figures from MLflow")
+    rep.add_argument("study")
+    rep.add_argument("--tracking-uri", default=None, help="default: sqlite:///./mlflow.db")
+    rep.add_argument("--out", default="reports_out")
+    rep.add_argument("--compare", nargs=2, metavar=("A", "B"), help="difference plot A − B")
+    rep.add_argument("--format", default="md,tex,csv")
+    rep.add_argument("--metrics", help="table columns, e.g. R_50,mR_50,mR_100")
+    rep.set_defaults(handler=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The training and evaluation loop, as plain functions.
+
+``train_one_epoch`` and ``evaluate`` know nothing of Ray, MLflow or the CLI; the
+single-run CLI and the Ray trainables both call them through
+``sgstudy.training.TrainingSession``. Models follow one contract
+(``sgstudy.models``): in train mode ``model(images, targets)`` returns a dict of
+unweighted loss terms and ``model.loss_weights`` says how they sum; in eval mode it
+returns one ``SceneGraphPrediction`` per image.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from sgstudy.config import OptimConfig
+from sgstudy.errors import UserError
+from sgstudy.metric_names import TOTAL_LOSS
+from sgstudy.structures import SceneGraphTarget
+
+Batch = tuple[list[torch.Tensor], list[SceneGraphTarget]]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is CUDA when present, else CPU; an explicit CUDA request without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} was requested but CUDA is not available here")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.SGD:
+    # The frozen detector has requires_grad=False; only the relation head is optimised.
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(
+        params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, optim: OptimConfig, iters_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from lr/3 over ``warmup_iters`` steps, then ×0.1 after each of ``lr_steps``.
+
+    Stepped once per iteration, so the decay points are converted from epochs to iterations.
+    """
+    decay_iters = [epoch * iters_per_epoch for epoch in optim.lr_steps]
+
+    def factor(iteration: int) -> float:
+        warmup = 1.0
+        if iteration < optim.warmup_iters:
+            warmup = 1 / 3 + (2 / 3) * iteration / optim.warmup_iters
+        return warmup * 0.1 ** sum(iteration >= d for d in decay_iters)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    return sum(weights.get(name, 1.0) * value for name, value in losses.items())
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    max_grad_norm: float,
+    scaler: torch.amp.GradScaler | None = None,
+    progress: bool = False,
+    description: str = "train",
+) -> dict[str, float]:
+    """One pass over ``loader``; returns the mean of every loss term and of the weighted total."""
+    model.train()
+    weights = unwrap(model).loss_weights
+    use_amp = scaler is not None and scaler.is_enabled()
+    sums: dict[str, float] = defaultdict(float)
+    steps = 0
+    bar = tqdm(loader, desc=description, leave=False, disable=not progress, dynamic_ncols=True)
+    for images, targets in bar:
+        images = [image.to(device, non_blocking=True) for image in images]
+        targets = [target.to(device) for target in targets]
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            losses = model(images, targets)
+            total = weighted_total(losses, weights)
+        if not math.isfinite(total.item()):
+            raise FloatingPointError(f"loss became {total.item()} at step {steps}: {losses}")
+        optimizer.zero_grad(set_to_none=True)
+        if use_amp:
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)
+        else:
+            total.backward()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        if use_amp:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        for name, value in losses.items():
+            sums[name] += value.item()
+        sums[TOTAL_LOSS] += total.item()
+        steps += 1
+        bar.set_postfix(loss=f"{sums[TOTAL_LOSS] / steps:.3f}")
+    if steps == 0:
+        raise UserError("the training split is empty: no image with relations to train on")
+    return {name: value / steps for name, value in sums.items()}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    evaluator: Any,
+    device: torch.device,
+    progress: bool = False,
+    description: str = "eval",
+) -> Any:
+    """Runs ``model`` over ``loader`` and feeds the evaluator; returns ``evaluator.evaluate()``.
+
+    ``evaluator`` follows the reset / process / evaluate interface of
+    ``sgstudy.evaluation.sgg_eval.SceneGraphEvaluator``.
+    """
+    model.eval()
+    evaluator.reset()
+    for images, targets in tqdm(loader, desc=description, leave=False, disable=not progress):
+        images = [image.to(device, non_blocking=True) for image in images]
+        predictions = model(images, [target.to(device) for target in targets])
+        evaluator.process(targets, [prediction.to("cpu") for prediction in predictions])
+    return evaluator.evaluate()
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+    epoch: int,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Everything needed to continue exactly where training stopped. Written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": epoch,
+        "rng": rng_state(),
+        "extra": extra or {},
+    }
+    partial = path.with_suffix(path.suffix + ".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """Reads a checkpoint written by ``save_checkpoint``; a missing or corrupt file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        # Checkpoints hold RNG states (numpy arrays, tuples), so full unpickling is needed;
+        # only load checkpoints you wrote yourself.
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises several types for a damaged zip/pickle
+        raise UserError(f"checkpoint {path} could not be read: {exc}") from exc
