@@ -195,9 +195,6 @@ class RunConfig:
         return RunConfig.from_flat({**self.to_params(), **flat})
 
 
-_FLAT_KEYS = tuple(RunConfig().to_params())
-
-
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"unknown {key} {value!r}; choose one of {', '.join(choices)}")
@@ -223,3 +220,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             value = [v for v in value.strip("()[] ").split(",") if v.strip()]
         return tuple(int(v) for v in value)
     return type(default)(value)
+
+
+# Every key ``from_flat`` accepts (after the helpers above: building the default validates it).
+_FLAT_KEYS = tuple(RunConfig().to_params())

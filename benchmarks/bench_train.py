@@ -1,0 +1,109 @@
+"""Training throughput of the relation models, with and without relation alignment.
+
+For each protocol, times ``--steps`` optimiser steps of the engine's training loop
+on the synthetic dataset and prints images/s; the alignment's cost is the ratio of
+its step time to the plain model's, measured in the same run. On CUDA it also
+prints the peak GPU memory.
+
+    python benchmarks/bench_train.py --data data/synthetic --preset tiny --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sgstudy.config import RunConfig
+from sgstudy.engine import build_optimizer, build_scheduler, resolve_device, train_one_epoch
+from sgstudy.training import TrainingSession
+
+
+def detector_for(data: str, preset: str, workdir: Path, device: str) -> str:
+    """An (untrained) detector checkpoint of the preset: SGDet's speed does not depend on its skill."""
+    from sgstudy.data.dataset import SceneGraphDataset
+    from sgstudy.models.detector import build_detector, save_detector
+
+    num_classes = len(SceneGraphDataset(data, "train").object_classes)
+    path = workdir / f"detector_{preset}.pt"
+    save_detector(build_detector(preset, num_classes), path, preset, num_classes)
+    return str(path)
+
+
+def time_steps(config: RunConfig, steps: int, warmup: int) -> tuple[float, float]:
+    """Seconds per step (after ``warmup`` steps) and peak CUDA memory in GiB."""
+    session = TrainingSession.start(config)
+    batches = list(itertools.islice(iter(session.train_loader), warmup + steps))
+    optimizer = build_optimizer(session.model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, len(batches))
+    device = session.device
+
+    def run(chunk: list) -> None:
+        train_one_epoch(
+            session.model, chunk, optimizer, scheduler, device,
+            config.optim.max_grad_norm, session.scaler,
+        )  # fmt: skip
+
+    run(batches[:warmup])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    run(batches[warmup:])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = (time.perf_counter() - started) / max(1, len(batches) - warmup)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return elapsed, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="data/synthetic")
+    parser.add_argument("--preset", default="tiny", choices=("tiny", "paper"))
+    parser.add_argument("--protocols", default="predcls,sgcls,sgdet")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    print(f"device: {device}, torch threads: {torch.get_num_threads()}, preset: {args.preset}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for protocol in args.protocols.split(","):
+            detector = None
+            if protocol == "sgdet":
+                detector = detector_for(args.data, args.preset, Path(tmp), args.device)
+            times = {}
+            for align in (False, True):
+                config = RunConfig.from_flat(
+                    {
+                        "protocol": protocol, "preset": args.preset, "align": align,
+                        "data_root": args.data, "batch_size": args.batch_size,
+                        "detector_checkpoint": detector, "device": str(device),
+                        "warmup_iters": 0,
+                    }
+                )  # fmt: skip
+                seconds, peak = time_steps(config, args.steps, args.warmup)
+                times[align] = seconds
+                rows.append((protocol, align, args.batch_size / seconds, seconds, peak))
+            rows.append((protocol, "ratio", None, times[True] / times[False], None))
+    print(f"\n{'protocol':9s} {'align':6s} {'images/s':>9s} {'s/step':>8s} {'peak GiB':>9s}")
+    for protocol, align, ips, seconds, peak in rows:
+        if align == "ratio":
+            print(f"{protocol:9s} {'':6s} {'':9s} align/plain step-time ratio: {seconds:.2f}x")
+            continue
+        peak_text = "-" if peak != peak else f"{peak:.2f}"
+        print(f"{protocol:9s} {str(align):6s} {ips:9.1f} {seconds:8.3f} {peak_text:>9s}")
+
+
+if __name__ == "__main__":
+    main()
