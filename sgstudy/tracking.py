@@ -1,0 +1,286 @@
+"""MLflow runs of a study, written with ``MlflowClient`` in the layout of ``tracking_layout``.
+
+The study driver resolves the tracking URI (refusing an unreachable server before anything
+is written), creates the study's experiment and one parent run per launch; each trial
+starts, or resumes, its own child run from inside the trial process. A trial finds its run
+again by the run id kept in its checkpoint or, failing that, by its trial id tag within the
+parent, so a retried or resumed trial continues the run it started instead of opening a
+second one (which is why nothing here uses Ray's MLflow callback: it keeps that map in the
+driver's memory only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from sgstudy.errors import UserError
+from sgstudy.tracking_layout import (
+    NODE_ID_TAG,
+    PARENT_TAG,
+    ROLE_STUDY,
+    ROLE_TAG,
+    ROLE_TRIAL,
+    STUDY_TAG,
+    TRIAL_ID_TAG,
+    default_tracking_uri,
+)
+
+# Extra tags of this module (the reports do not need them): which launch a parent run
+# belongs to (the Tune experiment name, so --resume finds it), and a trial's grid variant.
+LAUNCH_TAG = "sgstudy.launch"
+VARIANT_TAG = "sgstudy.variant"
+GPU_IDS_TAG = "sgstudy.gpu_ids"
+RESUMED_FROM_TAG = "sgstudy.resumed_from_epoch"
+
+FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
+# MLflow's limit on a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
+MAX_PARAM_LENGTH = 6000
+SERVER_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """Where a study's trials log: picklable, handed to every trial by the driver."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    study: str
+
+
+# ---------------------------------------------------------------- the store
+def resolve_tracking_uri(uri: str | None, timeout_s: float = SERVER_TIMEOUT_S) -> str:
+    """A validated, absolute tracking URI; writes nothing.
+
+    ``None`` is ``sqlite:///<cwd>/mlflow.db``. A relative SQLite path is made absolute
+    because trials run in other working directories. An http(s) server must answer
+    within ``timeout_s``. MLflow >= 3.13 refuses the plain file store, so it is refused here.
+    """
+    if uri is None:
+        return default_tracking_uri()
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        check_server_reachable(uri, timeout_s)
+        return uri.rstrip("/")
+    if scheme == "sqlite":
+        path = sqlite_path(uri)
+        if not path.parent.is_dir():
+            raise UserError(f"tracking URI {uri}: folder {path.parent} does not exist")
+        return f"sqlite:///{path}"
+    if scheme in ("", "file"):
+        raise UserError(
+            f"tracking URI {uri!r} is a file store, which MLflow no longer accepts; "
+            "use sqlite:///PATH/mlflow.db or http://HOST:5000"
+        )
+    return uri
+
+
+def sqlite_path(uri: str) -> Path:
+    """The database file of a ``sqlite:///`` URI, absolute."""
+    if not uri.startswith("sqlite:///"):
+        raise UserError(f"tracking URI {uri!r} is not of the form sqlite:///PATH")
+    return Path(uri[len("sqlite:///") :]).expanduser().absolute()
+
+
+def check_server_reachable(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
+    """Raises ``UserError`` unless something answers HTTP at ``uri`` within ``timeout_s``."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered; a proxy in front may just not route /health
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(f"tracking server {uri} is unreachable ({reason})") from exc
+
+
+def make_client(tracking_uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def git_commit(path: Path | None = None) -> str:
+    """The commit checked out where sgstudy lives (``"unknown"`` outside a git checkout)."""
+    where = path or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+# ---------------------------------------------------------------- experiment and parent run
+def get_or_create_experiment(client: Any, study: str, tracking_uri: str) -> str:
+    """The id of the experiment named after ``study``; created on first use."""
+    experiment = client.get_experiment_by_name(study)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise UserError(
+                f"MLflow experiment {study!r} is deleted; restore it or purge it "
+                f"(mlflow gc --backend-store-uri {tracking_uri})"
+            )
+        return experiment.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        # Next to the database, not in whatever directory the driver happens to run from.
+        location = (sqlite_path(tracking_uri).parent / "mlartifacts" / study).as_uri()
+    try:
+        return client.create_experiment(study, artifact_location=location)
+    except Exception:  # another driver created it in the meantime
+        experiment = client.get_experiment_by_name(study)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def start_study_run(
+    client: Any, experiment_id: str, study: str, launch: str, params: dict[str, Any]
+) -> str:
+    """A new parent run for one launch of ``study``; returns its run id."""
+    run = client.create_run(
+        experiment_id,
+        run_name=launch,
+        tags={ROLE_TAG: ROLE_STUDY, STUDY_TAG: study, LAUNCH_TAG: launch},
+    )
+    log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def find_study_run(client: Any, experiment_id: str, launch: str) -> str | None:
+    """The newest parent run of ``launch`` (how ``--resume`` continues the same parent)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_STUDY}' and tags.`{LAUNCH_TAG}` = '{launch}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+# ---------------------------------------------------------------- trial runs
+def find_trial_run(client: Any, study_run: StudyRun, trial_id: str) -> str | None:
+    runs = client.search_runs(
+        [study_run.experiment_id],
+        filter_string=(
+            f"tags.`{TRIAL_ID_TAG}` = '{trial_id}' "
+            f"and tags.`{PARENT_TAG}` = '{study_run.parent_run_id}'"
+        ),
+        order_by=["attributes.start_time ASC"],
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def start_trial_run(
+    client: Any,
+    study_run: StudyRun,
+    trial_id: str,
+    run_name: str,
+    known_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> tuple[str, bool]:
+    """Starts the trial's child run, or resumes the one it already has.
+
+    Returns ``(run_id, resumed)``. ``known_run_id`` comes from the trial's checkpoint;
+    without it the run is looked up by ``trial_id`` within the parent. ``tags`` (the node
+    id, say) are set on every start, so they describe the latest attempt.
+    """
+    run_id = known_run_id or find_trial_run(client, study_run, trial_id)
+    resumed = run_id is not None
+    if run_id is None:
+        run = client.create_run(
+            study_run.experiment_id,
+            run_name=run_name,
+            tags={
+                ROLE_TAG: ROLE_TRIAL,
+                STUDY_TAG: study_run.study,
+                PARENT_TAG: study_run.parent_run_id,
+                TRIAL_ID_TAG: trial_id,
+            },
+        )
+        run_id = run.info.run_id
+    else:
+        client.update_run(run_id, status=RUNNING)
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, str(value))
+    return run_id, resumed
+
+
+def node_tags(node_id: str, gpu_ids: list[Any]) -> dict[str, str]:
+    return {NODE_ID_TAG: node_id, GPU_IDS_TAG: ",".join(str(g) for g in gpu_ids)}
+
+
+# ---------------------------------------------------------------- logging
+def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
+    """Logs the params the run does not have yet, long values truncated to MLflow's limit.
+
+    A resumed run already holds them; MLflow refuses to change a logged param.
+    """
+    from mlflow.entities import Param
+
+    existing = client.get_run(run_id).data.params
+    fresh = [
+        Param(key, str(value)[:MAX_PARAM_LENGTH])
+        for key, value in params.items()
+        if key not in existing
+    ]
+    for start in range(0, len(fresh), 100):  # MLflow's batch limit on params
+        client.log_batch(run_id, params=fresh[start : start + 100])
+
+
+def log_epoch(client: Any, run_id: str, epoch: int, values: dict[str, float]) -> None:
+    """Every value as a metric at ``step = epoch`` (1-based)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), now, epoch) for key, value in values.items()]
+    client.log_batch(run_id, metrics=metrics)
+
+
+def logged_steps(client: Any, run_id: str, key: str) -> set[int]:
+    """The steps at which ``key`` was logged (a resumed trial fills in the ones it missed)."""
+    return {metric.step for metric in client.get_metric_history(run_id, key)}
+
+
+def log_json(client: Any, run_id: str, artifact_file: str, payload: Any) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / artifact_file
+        path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        client.log_artifact(run_id, str(path))
+
+
+def log_file(client: Any, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    client.log_artifact(run_id, os.fspath(path), artifact_path)
+
+
+def end_run(client: Any, run_id: str, status: str) -> None:
+    """Ends a run as FINISHED, FAILED or KILLED."""
+    if status not in (FINISHED, FAILED, KILLED):
+        raise ValueError(f"unknown end status {status!r}")
+    client.set_terminated(run_id, status=status)
+
+
+def status_for(exc: BaseException | None) -> str:
+    """The end status of a run that stopped with ``exc`` (``None``: it completed)."""
+    if exc is None:
+        return FINISHED
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        return KILLED
+    return FAILED
