@@ -1,0 +1,88 @@
+"""Relation alignment, the generic parts: the mask, the two alignment losses, the description."""
+
+import math
+
+import pytest
+import torch
+
+from sgstudy.config import AlignConfig
+from sgstudy.models.align import (
+    alignment_loss,
+    describe_alignment,
+    distribution_alignment,
+    keep_mask,
+    mask_features,
+    representation_alignment,
+)
+
+
+@pytest.mark.parametrize("ratio", [0.05, 0.3, 0.6])
+def test_mask_drops_the_configured_share_of_elements(ratio):
+    generator = torch.Generator().manual_seed(0)
+    features = torch.rand(100, 1000, generator=generator) + 1.0  # no element is zero before
+    masked = mask_features(features, ratio, torch.Generator().manual_seed(1))
+    dropped = (masked == 0).double().mean().item()
+    assert abs(dropped - ratio) < 0.01
+    kept = masked != 0
+    # Kept elements are passed through unscaled.
+    assert torch.equal(masked[kept], features[kept])
+
+
+def test_mask_with_ratio_zero_keeps_everything():
+    features = torch.randn(50, 20)
+    assert torch.equal(mask_features(features, 0.0), features)
+
+
+def test_mask_is_reproducible_from_the_generator_state():
+    like = torch.zeros(30, 30)
+    first = keep_mask(like, 0.4, torch.Generator().manual_seed(7))
+    second = keep_mask(like, 0.4, torch.Generator().manual_seed(7))
+    assert torch.equal(first, second)
+    assert first.dtype == torch.bool and first.shape == like.shape
+
+
+def test_representation_alignment_is_mse_and_moves_only_the_student():
+    student = torch.tensor([[1.0, 2.0], [0.0, -1.0]], requires_grad=True)
+    teacher = torch.tensor([[0.0, 2.0], [2.0, 1.0]], requires_grad=True)
+    loss = representation_alignment(student, teacher)
+    assert loss.item() == pytest.approx((1 + 0 + 4 + 4) / 4)
+    loss.backward()
+    assert teacher.grad is None
+    assert torch.allclose(student.grad, 2 * (student - teacher).detach() / 4)
+
+
+def test_distribution_alignment_is_kl_teacher_to_student():
+    student = torch.tensor([[0.0, 0.0], [1.0, 0.0]], requires_grad=True)
+    teacher = torch.tensor([[math.log(3.0), 0.0], [1.0, 0.0]], requires_grad=True)
+    loss = distribution_alignment(student, teacher)
+    # Pair 1: KL([3/4, 1/4] || [1/2, 1/2]); pair 2: identical distributions, KL 0.
+    expected = (0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert teacher.grad is None
+    assert student.grad.abs().sum() > 0
+
+
+def test_both_is_the_sum_and_identical_branches_align_perfectly():
+    torch.manual_seed(0)
+    rep_s, rep_t, log_s, log_t = (torch.randn(6, 4) for _ in range(4))
+    both = alignment_loss("both", rep_s, rep_t, log_s, log_t)
+    parts = representation_alignment(rep_s, rep_t) + distribution_alignment(log_s, log_t)
+    assert both.item() == pytest.approx(parts.item())
+    assert alignment_loss("both", rep_t, rep_t, log_t, log_t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_no_pairs_gives_a_zero_loss():
+    empty = torch.zeros(0, 4, requires_grad=True)
+    loss = alignment_loss("both", empty, empty, empty, empty)
+    assert loss.item() == 0.0
+    loss.backward()
+
+
+def test_describe_names_mask_and_target():
+    config = AlignConfig(enabled=True, mask_ratio=0.2, weight=5.0, target="distribution")
+    text = describe_alignment(config, "edge inputs", "pair representation")
+    assert "edge inputs" in text["align_masks"] and "p=0.2" in text["align_masks"]
+    assert text["align_aligns"].startswith("KL")
+    assert "5.0" in text["align_loss"]
+    assert describe_alignment(AlignConfig(), "x", "y") == {"align_branch": "off"}
