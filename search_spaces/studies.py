@@ -81,8 +81,8 @@ class StudySpec:
     def space_fn(self, seeds: Sequence[int]) -> SpaceFn:
         seeds = check_seeds(seeds)
         if self.grid is not None:
-            return _grid_space(self.grid, seeds)
-        return _tpe_space(seeds)
+            return GridSpace(dict(self.grid), seeds)
+        return TpeSpace(seeds)
 
     def sampler(self, seeds: Sequence[int], seed: int = 0) -> optuna.samplers.BaseSampler:
         """A fresh sampler. ``seed`` only orders the grid (every point runs once either way)."""
@@ -153,27 +153,35 @@ def _grid_spec(
     return StudySpec(name, description, grid, swept=swept)
 
 
-def _grid_space(grid: Mapping[str, Mapping[str, Any]], seeds: tuple[int, ...]) -> SpaceFn:
-    variants = list(grid)
+@dataclass(frozen=True)
+class GridSpace:
+    """Define-by-run space of a grid study: picks (variant, seed), returns the variant's keys.
 
-    def space(trial: optuna.trial.Trial) -> dict[str, Any]:
-        variant = trial.suggest_categorical("variant", variants)
-        trial.suggest_categorical("seed", list(seeds))
-        return {**grid[variant], **MODEL_KEYS}
+    A class rather than a closure: Tune saves the searcher, space included, with pickle.
+    """
 
-    return space
+    grid: Mapping[str, Mapping[str, Any]]
+    seeds: tuple[int, ...]
+
+    def __call__(self, trial: optuna.trial.Trial) -> dict[str, Any]:
+        variant = trial.suggest_categorical("variant", list(self.grid))
+        trial.suggest_categorical("seed", list(self.seeds))
+        return {**self.grid[variant], **MODEL_KEYS}
 
 
-def _tpe_space(seeds: tuple[int, ...]) -> SpaceFn:
-    def space(trial: optuna.trial.Trial) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TpeSpace:
+    """Define-by-run space of the TPE study: p and log-λ searched, seeds taking turns."""
+
+    seeds: tuple[int, ...]
+
+    def __call__(self, trial: optuna.trial.Trial) -> dict[str, Any]:
         p = trial.suggest_float("mask_ratio", *TPE_P_RANGE)
         weight = trial.suggest_float("align_weight", *TPE_LAMBDA_RANGE, log=True)
         # Seeds take turns instead of being a searched parameter: TPE must not model seed luck.
-        seed = seeds[trial.number % len(seeds)]
+        seed = self.seeds[trial.number % len(self.seeds)]
         variant = f"p={p:.3g}, λ={weight:.3g}"
         return {"align": True, "seed": seed, "variant": variant, **MODEL_KEYS}
-
-    return space
 
 
 STUDIES: dict[str, StudySpec] = {

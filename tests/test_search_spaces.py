@@ -130,3 +130,16 @@ def test_search_spaces_never_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_space_and_sampler_survive_pickle(name):
+    """Tune saves the searcher (space and sampler included) with the standard pickle."""
+    import pickle
+
+    spec = STUDIES[name]
+    space = pickle.loads(pickle.dumps(spec.space_fn((0, 1))))
+    sampler = pickle.loads(pickle.dumps(spec.sampler((0, 1))))
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    trial = study.ask()
+    assert space(trial)["model"] == "motifs"
