@@ -207,7 +207,9 @@ class MotifsModel(nn.Module):
         """Boxes (annotated, or detected in SGDet), their ROI features and class logits."""
         labels, matches = None, None
         if self.protocol == "sgdet":
-            resized = detect(self.detector, view, self.widths.max_detections, 0.0)
+            # Float32 boxes even under autocast: they are outputs and are matched by IoU.
+            detected = detect(self.detector, view, self.widths.max_detections, 0.0)
+            resized = [boxes.float() for boxes in detected]
             boxes = view.to_original(resized)
             if self.training:
                 matches = [match_to_annotations(b, t.boxes) for b, t in zip(boxes, targets)]
