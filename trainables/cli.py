@@ -1,0 +1,140 @@
+"""The study subcommands of ``sgstudy``: ``studies``, ``run`` and ``ui``.
+
+``register_cli`` adds them to the main parser (``sgstudy.cli``). Nothing heavy is imported
+here: Ray, Optuna, MLflow and torch load inside the handlers, so ``sgstudy --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def comma_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def comma_floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def cmd_studies(args: argparse.Namespace) -> None:
+    from search_spaces import describe_studies
+
+    print(describe_studies())
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from trainables.plan import StudyOptions
+    from trainables.study import run_study
+
+    outcome = run_study(
+        StudyOptions(
+            study=args.study,
+            data_root=args.data,
+            preset=args.preset,
+            seeds=args.seeds,
+            tracking_uri=args.tracking_uri,
+            address=args.address,
+            resume=args.resume,
+            max_concurrent=args.max_concurrent,
+            gpus_per_trial=args.gpus_per_trial,
+            cpus_per_trial=args.cpus_per_trial,
+            workers_per_trial=args.workers_per_trial,
+            scheduler=None if args.scheduler == "none" else args.scheduler,
+            optuna_storage=args.optuna_storage,
+            storage_path=args.storage_path,
+            epochs=args.epochs,
+            name=args.name,
+            values=args.values,
+            max_failures=args.max_failures,
+            log_checkpoints=args.log_checkpoints,
+        )
+    )
+    print(f"\nMLflow: {outcome.tracking_uri}, experiment {outcome.study}")
+    print(f"report: sgstudy report {outcome.study} --tracking-uri {outcome.tracking_uri}")
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    import subprocess
+    import sys
+
+    from sgstudy.errors import UserError
+    from sgstudy.tracking import resolve_tracking_uri, sqlite_path
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri.startswith("sqlite:///") and not sqlite_path(uri).is_file():
+        raise UserError(f"no MLflow store at {sqlite_path(uri)}: run a study first")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    command += ["--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    subprocess.run(command, check=False)
+
+
+def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("run", help="run a study on Ray Tune, tracked in MLflow")
+    p.add_argument("study", help="a study name (sgstudy studies lists them)")
+    p.add_argument(
+        "--data", required=True, help="dataset root (VG150 layout), same path on every node"
+    )
+    p.add_argument("--preset", choices=("tiny", "paper"), default="tiny")
+    p.add_argument("--seeds", type=comma_ints, default=(0,), help="e.g. 0,1,2,3 (default 0)")
+    p.add_argument(
+        "--values", type=comma_floats, help="replace the swept p or λ values, e.g. 0.1,0.3"
+    )
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument(
+        "--tracking-uri", help="MLflow: sqlite:///PATH or http://HOST:5000 (default ./mlflow.db)"
+    )
+    p.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: start a local Ray)")
+    p.add_argument(
+        "--storage-path",
+        default="ray_results",
+        help="trial checkpoints and study state; s3://... on a cluster",
+    )
+    p.add_argument("--name", help="launch name (default: the study name)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted launch")
+    p.add_argument(
+        "--max-concurrent", type=int, help="trials at once (default: what the cluster holds)"
+    )
+    p.add_argument(
+        "--gpus-per-trial", type=float, default=0.0, help="fractions pack trials on a GPU"
+    )
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument(
+        "--workers-per-trial", type=int, default=1, help="> 1: data-parallel (DDP) trials"
+    )
+    p.add_argument(
+        "--scheduler",
+        choices=("asha", "none"),
+        default="none",
+        help="asha: early stopping (search studies)",
+    )
+    p.add_argument(
+        "--optuna-storage", help="Optuna RDB URL (default: optuna.db next to the MLflow db)"
+    )
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial")
+    p.add_argument(
+        "--log-checkpoints", action="store_true", help="store final checkpoints in MLflow"
+    )
+    p.set_defaults(handler=cmd_run)  # fmt: skip
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Adds ``studies``, ``run`` and ``ui`` to the ``sgstudy`` subcommands."""
+    studies = subparsers.add_parser("studies", help="list the studies sgstudy can run")
+    studies.set_defaults(handler=cmd_studies)
+    add_run_parser(subparsers)
+    ui = subparsers.add_parser("ui", help="open the MLflow UI on the study runs")
+    ui.add_argument("--tracking-uri", help="default: sqlite:///./mlflow.db")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=cmd_ui)
