@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sgstudy import metric_names
-from sgstudy.errors import ConfigError
+from sgstudy.errors import ConfigError, DatasetError
 from sgstudy.evaluation.sgg_eval import SceneGraphEvaluator, per_predicate_artifact
 from sgstudy.evaluation.triplet_match import box_iou_plus_one, top_k_stable
 from sgstudy.structures import SceneGraphPrediction, SceneGraphTarget
@@ -280,6 +280,9 @@ def test_bad_arguments_raise_config_errors():
     evaluator = SceneGraphEvaluator("predcls", 3, None)
     with pytest.raises(ConfigError, match="predicate_scores"):
         evaluator.process([target], [make_prediction(target, {(0, 1): [0.5, 0.5]}, 1)])
+    unknown_predicate = make_target([(0, 1, 4)], labels=[1, 2])
+    with pytest.raises(DatasetError, match="GT predicate 4"):
+        evaluator.process([unknown_predicate], [make_prediction(target, {}, 3)])
 
 
 def test_top_k_stable_equals_a_full_stable_sort():

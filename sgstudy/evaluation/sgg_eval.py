@@ -34,7 +34,7 @@ import numpy as np
 from torch import Tensor
 
 from sgstudy import metric_names
-from sgstudy.errors import ConfigError
+from sgstudy.errors import ConfigError, DatasetError
 from sgstudy.evaluation.triplet_match import (
     box_iou_plus_one,
     first_match_rank,
@@ -166,6 +166,12 @@ class SceneGraphEvaluator:
         gt_relations = _numpy(target.relations).astype(np.int64).reshape(-1, 3)  # (R, 3)
         if gt_relations.shape[0] == 0:
             return None
+        outside = (gt_relations[:, 2] < 1) | (gt_relations[:, 2] > self.num_predicates)
+        if outside.any():
+            raise DatasetError(
+                f"image {target.image_id}: GT predicate {int(gt_relations[outside, 2][0])} "
+                f"outside 1..{self.num_predicates}; dataset and evaluator disagree"
+            )
         gt_labels = _numpy(target.labels).astype(np.int64)
         boxes, labels, label_scores, pairs, predicate_scores = self._checked_prediction(
             prediction, target
