@@ -1,0 +1,301 @@
+"""``write_report``: a study's tables and figures in one folder, indexed and logged to MLflow.
+
+Files in ``out_dir`` (tables in each requested format of md, tex, csv):
+
+- ``table_main.*``: the ablation table (default columns mR@50, mR@100);
+- ``table_groups.*``: head/body/tail mR@50 and mR@100;
+- ``difference_R100.png/.svg``: per-predicate R@100 of A minus B (``compare``; by default A is
+  the aligned method with the best mean mR@100 and B the baseline of its family);
+- ``per_predicate_R100_<method>.png/.svg``: per-predicate R@100 of A and of B;
+- ``sensitivity_p.png/.svg``, ``sensitivity_lambda.png/.svg``: for each swept parameter;
+- ``runs.csv`` (every finished run and its final metrics), ``excluded.csv`` (with reasons);
+- ``index.md``, which embeds the tables and links the figures by relative path.
+
+The folder's files are then logged under ``report/`` of the study's latest parent run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from reports import methods, plots, tables
+from reports.results import (
+    StudyResults,
+    load_study_results,
+    make_client,
+    quiet_fast_mlflow,
+    tracking_errors,
+)
+from sgstudy import metric_names
+from sgstudy.errors import ConfigError, UserError
+from sgstudy.tracking_layout import REPORT_ARTIFACT_DIR
+
+TABLE_FORMATS = ("md", "tex", "csv")
+DIFFERENCE_K = 100
+SENSITIVITY_METRICS = ("mR_50", "mR_100")
+FORMAT_NAMES = {"md": "Markdown", "tex": "LaTeX", "csv": "CSV"}
+
+
+@dataclass(frozen=True)
+class ReportOutputs:
+    """What ``write_report`` wrote.
+
+    main_table: the main table as Markdown (what the CLI prints).
+    files:      every file written, ``index`` included.
+    compared:   the (A, B) of the difference plot, if one was drawn.
+    logged_to:  the parent run id the files were logged to, if any.
+    """
+
+    out_dir: Path
+    index: Path
+    main_table: str
+    files: tuple[Path, ...]
+    compared: tuple[str, str] | None
+    logged_to: str | None
+
+
+@dataclass
+class Section:
+    """A part of ``index.md``: a heading and its Markdown body."""
+
+    title: str
+    body: str
+
+
+def write_report(
+    study: str,
+    tracking_uri: str,
+    out_dir: Path,
+    compare: tuple[str, str] | None = None,
+    formats: tuple[str, ...] = TABLE_FORMATS,
+    metrics: list[str] | None = None,
+    log_to_mlflow: bool = True,
+) -> ReportOutputs:
+    """Renders the report of ``study`` into ``out_dir`` and logs it to the latest parent run.
+
+    compare: two methods for the difference plot, as labels (``Align-Motifs (p = 0.1)``, any
+             case) or short forms: ``baseline``, ``align`` (the only aligned method),
+             ``p=0.1``, ``lambda=10`` (or ``λ=10``), ``p=0.1,lambda=10``.
+    metrics: main-table columns, ``mR@50`` or ``mR_50`` style; default mR@50, mR@100.
+    Raises ``UserError`` for an unknown study or method, bad formats or metrics, a
+    tracking store that cannot be reached, or an ``out_dir`` that cannot be written.
+    """
+    formats = check_formats(formats)
+    keys = tables.table_metrics(metrics)
+    with quiet_fast_mlflow():
+        results = load_study_results(study, tracking_uri)
+        pair = choose_pair(results, compare)
+        out_dir = prepare_folder(out_dir)
+        written: list[Path] = []
+        sections, main_table = table_sections(results, keys, formats, out_dir, written)
+        sections += difference_sections(results, pair, compare is not None, out_dir, written)
+        sections += sensitivity_sections(results, out_dir, written)
+        sections += info_sections(results)
+        written += write_run_lists(results, out_dir)
+        parent = results.latest_parent_run_id if log_to_mlflow else None
+        index = out_dir / "index.md"
+        index.write_text(index_text(results, sections, parent))
+        written.append(index)
+        if parent is not None:
+            log_files(results.tracking_uri, parent, written)
+    return ReportOutputs(
+        out_dir=out_dir,
+        index=index,
+        main_table=main_table,
+        files=tuple(written),
+        compared=pair,
+        logged_to=parent,
+    )
+
+
+def check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in formats if f.strip()))
+    unknown = [f for f in formats if f not in TABLE_FORMATS]
+    if unknown or not formats:
+        shown = ", ".join(unknown) if unknown else "none"
+        raise ConfigError(
+            f"unknown table format(s) {shown}; choose from {', '.join(TABLE_FORMATS)}"
+        )
+    return formats
+
+
+def prepare_folder(out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create report folder {out_dir} ({exc.strerror})") from exc
+    return out_dir
+
+
+def choose_pair(results: StudyResults, compare: tuple[str, str] | None) -> tuple[str, str] | None:
+    """The (A, B) of the difference plot: ``compare`` resolved, or the default (module doc);
+    ``None`` when the study has no aligned method with a baseline of its family."""
+    runs = results.runs
+    if compare is not None:
+        if len(compare) != 2:
+            raise ConfigError(f"--compare takes two methods, got {len(compare)}")
+        a, b = (methods.resolve_method(name, runs) for name in compare)
+        if a == b:
+            raise UserError(f"--compare names the same method twice ({a})")
+        return a, b
+    summary = tables.summarize(runs, list(results.methods), ["mR_100"])
+    aligned = summary[summary["align"] & summary["mR_100_mean"].notna()]
+    if aligned.empty:
+        return None
+    best = aligned.loc[aligned["mR_100_mean"].idxmax()]
+    baselines = summary[
+        ~summary["align"]
+        & (summary["family"] == best["family"])
+        & (summary["protocol"] == best["protocol"])
+    ]
+    return (best["method"], baselines["method"].iloc[0]) if len(baselines) else None
+
+
+def table_sections(
+    results: StudyResults, keys: list[str], formats: tuple[str, ...], out_dir: Path,
+    written: list[Path],
+) -> tuple[list[Section], str]:  # fmt: skip
+    """Writes the main and group tables; returns their sections and the main Markdown."""
+    order = list(results.methods)
+    group_keys = tables.group_metrics()
+    main = tables.summarize(results.runs, order, keys)
+    groups = tables.summarize(results.runs, order, group_keys)
+    for stem, summary, columns in (
+        ("table_main", main, keys),
+        ("table_groups", groups, group_keys),
+    ):
+        for fmt in formats:
+            path = out_dir / f"{stem}.{fmt}"
+            path.write_text(tables.render(summary, columns, fmt))
+            written.append(path)
+    main_md = tables.markdown_table(main, keys)
+    shown = ", ".join(metric_names.display_name(key) for key in keys)
+    sections = [
+        Section(f"Results ({shown})", main_md + "\n" + file_links("table_main", formats)),
+        Section(
+            "Head / body / tail mean recall",
+            tables.markdown_table(groups, group_keys) + "\n" + file_links("table_groups", formats),
+        ),
+    ]
+    return sections, main_md
+
+
+def difference_sections(
+    results: StudyResults, pair: tuple[str, str] | None, explicit: bool, out_dir: Path,
+    written: list[Path],
+) -> list[Section]:  # fmt: skip
+    """The difference figure of ``pair`` and the per-predicate bars of both methods.
+
+    Without per-predicate artifacts for both, an asked-for comparison (``explicit``) is an
+    error; the default one becomes a note.
+    """
+    if pair is None:
+        return []
+    k = DIFFERENCE_K
+    title = f"Per-predicate R@{k}: {pair[0]} − {pair[1]}"
+    missing = [m for m in pair if m not in set(results.per_predicate["method"])]
+    if missing:
+        message = f"no per-predicate recall artifact logged for {', '.join(missing)}"
+        if explicit:
+            raise UserError(f"--compare: {message}")
+        return [Section(title, message[0].upper() + message[1:] + ".")]
+    fig = plots.difference_figure(results.per_predicate, pair[0], pair[1], k)
+    body = figure_markdown(fig, out_dir / f"difference_R{k}", written, title)
+    for method in pair:
+        fig = plots.per_predicate_figure(results.per_predicate, method, k)
+        stem = f"per_predicate_R{k}_{slug(method)}"
+        body += figure_markdown(fig, out_dir / stem, written, f"R@{k}: {method}")
+    return [Section(title, body)]
+
+
+def sensitivity_sections(
+    results: StudyResults, out_dir: Path, written: list[Path]
+) -> list[Section]:
+    """One sensitivity figure per swept parameter (p, λ), none when nothing is swept."""
+    swept = methods.swept_params(results.runs)
+    if not swept:
+        return []
+    summary = tables.summarize(results.runs, list(results.methods), list(SENSITIVITY_METRICS))
+    body = ""
+    for param in swept:
+        fig = plots.sensitivity_figure(summary, param, SENSITIVITY_METRICS)
+        alt = f"mR@50 and mR@100 against {'p' if param == 'p' else 'λ'}"
+        body += figure_markdown(fig, out_dir / f"sensitivity_{param}", written, alt)
+    return [Section("Sensitivity", body)]
+
+
+def figure_markdown(fig: object, stem: Path, written: list[Path], alt: str) -> str:
+    png, svg = plots.save_figure(fig, stem)
+    written += [png, svg]
+    return f"![{alt}]({png.name})\n\n[SVG]({svg.name})\n\n"
+
+
+def write_run_lists(results: StudyResults, out_dir: Path) -> list[Path]:
+    """``runs.csv`` (finished runs, final metrics at full precision) and ``excluded.csv``."""
+    paths = [out_dir / "runs.csv", out_dir / "excluded.csv"]
+    results.runs.drop(columns="method_tex").to_csv(paths[0], index=False)
+    results.excluded.drop(columns="method_tex").to_csv(paths[1], index=False)
+    return paths
+
+
+def info_sections(results: StudyResults) -> list[Section]:
+    sections = []
+    if len(results.excluded):
+        sections.append(
+            Section("Excluded runs (not averaged in)", excluded_table(results.excluded))
+        )
+    if results.notes:
+        sections.append(Section("Notes", "".join(f"- {note}\n" for note in results.notes)))
+    return sections
+
+
+def excluded_table(excluded: pd.DataFrame) -> str:
+    lines = ["| Run | Name | Method | Seed | Status | Reason |", "|:---|:---|:---|---:|:---|:---|"]
+    for _, row in excluded.iterrows():
+        seed = "" if pd.isna(row["seed"]) else str(int(row["seed"]))
+        lines.append(
+            f"| `{row['run_id']}` | {row['run_name']} | {row['method']} | {seed} "
+            f"| {row['status']} | {row['reason']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def index_text(results: StudyResults, sections: list[Section], parent: str | None) -> str:
+    launches = len(results.parent_run_ids)
+    lines = [
+        f"# Study `{results.study}`",
+        "",
+        f"Tracking store `{results.tracking_uri}`, experiment {results.experiment_id}: "
+        f"{len(results.runs)} finished trial runs of {len(results.methods)} methods "
+        f"from {launches} launch(es); {len(results.excluded)} excluded.",
+        "Values are percent; with several runs, mean ± sample std over runs (n = runs).",
+    ]
+    if parent is not None:
+        lines.append(f"Logged to parent run `{parent}` under `{REPORT_ARTIFACT_DIR}/`.")
+    text = "\n".join(lines) + "\n"
+    for section in sections:
+        text += f"\n## {section.title}\n\n{section.body.rstrip()}\n"
+    return text
+
+
+def file_links(stem: str, formats: tuple[str, ...]) -> str:
+    return " · ".join(f"[{FORMAT_NAMES[f]}]({stem}.{f})" for f in formats) + "\n"
+
+
+def slug(label: str) -> str:
+    """A file-name form of a method label: ``Align-Motifs (λ = 10)`` -> ``Align-Motifs_lambda_10``."""
+    text = label.replace("λ", "lambda")
+    return re.sub(r"[^A-Za-z0-9.\-]+", "_", text).strip("_")
+
+
+def log_files(tracking_uri: str, run_id: str, paths: list[Path]) -> None:
+    """Each written file under ``report/`` of the run (only these, not the folder's leftovers)."""
+    with tracking_errors(tracking_uri):
+        client = make_client(tracking_uri)
+        for path in paths:
+            client.log_artifact(run_id, str(path), REPORT_ARTIFACT_DIR)
