@@ -16,6 +16,7 @@ The folder's files are then logged under ``report/`` of the study's latest paren
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,8 @@ def prepare_folder(out_dir: Path) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create report folder {out_dir} ({exc.strerror})") from exc
+    if not os.access(out_dir, os.W_OK):
+        raise UserError(f"report folder {out_dir} is not writable")
     return out_dir
 
 

@@ -30,6 +30,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -175,9 +176,12 @@ def load_study_results(study: str, tracking_uri: str) -> StudyResults:
         rows = [trial_row(study, run) for run in trials]
         kept = [row for row in rows if row["reason"] is None]
         if not kept:
+            reasons = Counter(str(row["reason"]) for row in rows)
+            found = "; ".join(f"{n} × {reason}" for reason, n in sorted(reasons.items()))
             raise UserError(
-                f"study {study!r} has no finished trial runs "
-                f"({len(trials)} trial run(s), {len(rows) - len(kept)} excluded)"
+                f"study {study!r} has no finished trial runs to report "
+                f"({len(rows)} trial run{'' if len(rows) == 1 else 's'}"
+                f"{': ' + found if found else ''})"
             )
         runs = frame(kept, metrics=True)
         excluded = frame([row for row in rows if row["reason"] is not None], metrics=False)

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from reports import methods, plots, tables
 from reports.report import write_report
-from reports.results import load_artifacts, load_study_results
+from reports.results import exclusion_reason, load_artifacts, load_study_results
 from sgstudy.errors import ConfigError, UserError
 from sgstudy.tracking_layout import (
     PARENT_TAG,
@@ -103,6 +103,7 @@ def store(tmp_path_factory):
     client = MlflowClient(tracking_uri=uri)
     p_parent, p_ids = log_study(client, P_STUDY, P_RUNS, root / "artifacts")
     lambda_parent, _ = log_study(client, LAMBDA_STUDY, LAMBDA_RUNS, root / "artifacts")
+    log_study(client, "all-failed", P_RUNS[5:6], root / "artifacts")
     return {"uri": uri, "client": client, "p_parent": p_parent, "p_ids": p_ids,
             "lambda_parent": lambda_parent}  # fmt: skip
 
@@ -180,6 +181,10 @@ def test_unknown_study_and_missing_database(store, tmp_path):
         load_study_results("nope", store["uri"])
     with pytest.raises(UserError, match="no MLflow database"):
         load_study_results(P_STUDY, f"sqlite:///{tmp_path}/absent.db")
+    with pytest.raises(
+        UserError, match=r"'all-failed' has no finished .*\(1 trial run: 1 × run FAILED\)"
+    ):
+        load_study_results("all-failed", store["uri"])
 
 
 def test_unreachable_server_is_a_user_error():
@@ -243,6 +248,33 @@ def test_seed_mean_and_std_and_csv(p_results):
     lines = tables.csv_table(summary, ["mR_50"]).splitlines()
     assert lines[0] == "method,family,protocol,align,p,lambda,n,mR_50_mean,mR_50_std"
     assert lines[3] == "Align-Motifs (p = 0.1),Motifs,predcls,True,0.1,10.0,1,0.239,"
+
+
+def test_group_table_marks_unlogged_groups(p_results):
+    keys = tables.group_metrics((100,))
+    text = tables.markdown_table(main_summary(p_results, keys), keys)
+    assert text.splitlines()[0] == "| Method | head mR@100 | body mR@100 | tail mR@100 | n |"
+    # Only tail was logged; the tied maxima are every row.
+    assert text.splitlines()[2] == "| Motifs | – | – | **5.0** ± 0.0 | 2 |"
+
+
+def test_exclusion_reasons_and_mixed_config_notes(p_results):
+    finished = {"model": "motifs", "epochs": "4"}
+    assert exclusion_reason("FINISHED", finished, {"mR_50": 0.2, "epoch": 4.0}) is None
+    assert exclusion_reason("FINISHED", finished, {"mR_50": 0.2, "epoch": 2.0}) == (
+        "stopped at epoch 2 of 4"
+    )
+    assert exclusion_reason("FINISHED", finished, {"loss": 1.0}) == (
+        "finished without any recall metric"
+    )
+    assert exclusion_reason("KILLED", finished, {}) == "run KILLED"
+    runs = p_results.runs
+    params_of = {run_id: {"lr": "0.02"} for run_id in runs["run_id"]}
+    assert methods.mixed_config_notes(runs, params_of) == []
+    params_of[runs.loc[runs["run_name"] == "baseline seed=1", "run_id"].item()] = {"lr": "0.1"}
+    assert methods.mixed_config_notes(runs, params_of) == [
+        "Motifs: its runs differ in param lr (0.02, 0.1)"
+    ]
 
 
 def test_metric_names_accept_both_spellings():
