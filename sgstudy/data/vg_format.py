@@ -132,7 +132,9 @@ def read_vg(root: str | Path) -> VGData:
         raise DatasetError(f"dataset root {root} is not a directory")
     object_classes, predicate_classes = read_dicts(root / DICTS_NAME)
     arrays = read_h5(root / H5_NAME)
-    images = _match_images(read_image_data(root / IMAGE_DATA_NAME), len(arrays["split"]))
+    images = _match_images(
+        read_image_data(root / IMAGE_DATA_NAME), len(arrays["split"]), root / IMAGE_DATA_NAME
+    )
     data = VGData(
         **arrays,
         object_classes=object_classes,
@@ -221,14 +223,13 @@ def read_meta(root: str | Path) -> dict[str, Any] | None:
     return meta
 
 
-def _match_images(images: list[ImageInfo], num_h5_images: int) -> list[ImageInfo]:
+def _match_images(images: list[ImageInfo], num_h5_images: int, path: Path) -> list[ImageInfo]:
     if len(images) != num_h5_images:
         # The public release: image_data.json still lists the four corrupt images.
         kept = [info for info in images if info.image_id not in VG_CORRUPT_IMAGE_IDS]
         if len(kept) != num_h5_images:
             raise DatasetError(
-                f"{IMAGE_DATA_NAME} lists {len(images)} images but {H5_NAME} has "
-                f"{num_h5_images}"
+                f"{path} lists {len(images)} images but {H5_NAME} has {num_h5_images}"
             )
         images = kept
     return images
