@@ -238,6 +238,13 @@ def test_statistics_exact(root):
     int(statistics.fingerprint, 16)
 
 
+def test_statistics_of_an_empty_train_split(root):
+    statistics = compute_statistics(SceneGraphDataset(root, "train"))  # 5,000 val take all
+    assert statistics.pair_predicate_counts.shape == (4, 4, 4)
+    assert statistics.pair_predicate_counts.sum() == 0 and statistics.train_triplets.shape == (0, 3)
+    assert statistics.predicate_groups == {"head": [], "body": [], "tail": [1, 2, 3]}
+
+
 def test_statistics_json_round_trip(root):
     statistics = compute_statistics(SceneGraphDataset(root, "train", num_val_images=1))
     again = DatasetStatistics.from_json(json.loads(json.dumps(statistics.to_json())))

@@ -76,8 +76,8 @@ def generate_synthetic_dataset(
     for index in tqdm(
         range(num_images), desc="synthetic images", file=sys.stderr, disable=not progress
     ):
-        scene = make_scene(seed, index, image_size)
-        image_file(folder, scene.info.image_id).write_bytes(scene.jpeg)
+        scene, jpeg = make_scene(seed, index, image_size)
+        image_file(folder, scene.info.image_id).write_bytes(jpeg)
         scenes.append(scene)
     split = split_field(seed, num_images)
     data = assemble(scenes, split)
@@ -87,7 +87,7 @@ def generate_synthetic_dataset(
 
 @dataclass(frozen=True)
 class Scene:
-    """One generated image.
+    """The annotations of one generated image.
 
     boxes_1024: (n, 4) int64 (cx, cy, w, h) at BOX_SCALE
     labels:     (n,) int64, 1-based
@@ -95,14 +95,14 @@ class Scene:
     """
 
     info: ImageInfo
-    jpeg: bytes
     boxes_1024: np.ndarray
     labels: np.ndarray
     relations: np.ndarray
 
 
-def make_scene(seed: int, index: int, image_size: int) -> Scene:
-    """Scene ``index`` of the dataset of ``seed``; independent of every other scene."""
+def make_scene(seed: int, index: int, image_size: int) -> tuple[Scene, bytes]:
+    """Scene ``index`` of the dataset of ``seed`` and its JPEG bytes; independent of every
+    other scene."""
     rng = np.random.default_rng([seed, index])
     short = int(round(image_size * rng.uniform(0.75, 1.0)))
     width, height = (image_size, short) if rng.random() < 0.5 else (short, image_size)
@@ -116,13 +116,10 @@ def make_scene(seed: int, index: int, image_size: int) -> Scene:
     relations[:, 2] += 1
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return Scene(
-        ImageInfo(image_id=index + 1, width=width, height=height),
-        buffer.getvalue(),
-        boxes_1024,
-        classes + 1,
-        relations,
+    scene = Scene(
+        ImageInfo(image_id=index + 1, width=width, height=height), boxes_1024, classes + 1, relations
     )
+    return scene, buffer.getvalue()
 
 
 def to_box_scale(boxes: np.ndarray, longest_side: int) -> np.ndarray:

@@ -39,12 +39,15 @@ PLACEMENTS = ("free", "on", "inside", "hat", "side", "overlap", "point")
 PLACEMENT_PROBABILITY = (0.42, 0.16, 0.1, 0.08, 0.12, 0.06, 0.06)
 ATTEMPTS = 12
 
+Box = tuple[int, int, int, int]  # x1, y1, x2, y2 pixels
+Placed = tuple[Box, int] | None  # a box and its 0-based class, or no room found
+
 
 def sample_scene(
     rng: np.random.Generator, width: int, height: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (n, 4) int64 xyxy pixels and classes (n,) int64 0-based into OBJECT_CLASSES."""
-    boxes: list[tuple[int, int, int, int]] = []
+    boxes: list[Box] = []
     classes: list[int] = []
     target = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
     for _ in range(target):
@@ -52,11 +55,13 @@ def sample_scene(
         if placed is not None:
             boxes.append(placed[0])
             classes.append(placed[1])
-    while len(boxes) < MIN_OBJECTS:  # crowded scene: add small free objects until two
-        placed = _free(rng, width, height, boxes, classes, scale=0.5)
+    scale = 0.5
+    while len(boxes) < MIN_OBJECTS:  # crowded scene: add ever smaller free objects
+        placed = _free(rng, width, height, boxes, scale)
         if placed is not None:
             boxes.append(placed[0])
             classes.append(placed[1])
+        scale *= 0.8
     return np.array(boxes, dtype=np.int64).reshape(-1, 4), np.array(classes, dtype=np.int64)
 
 
@@ -76,7 +81,9 @@ def render_scene(
 
 
 # ---------------------------------------------------------------- placement
-def _place_one(rng, width, height, boxes, classes):
+def _place_one(
+    rng: np.random.Generator, width: int, height: int, boxes: list[Box], classes: list[int]
+) -> Placed:
     """One new (box, class) or None when the chosen placement finds no free spot."""
     mode = PLACEMENTS[int(rng.choice(len(PLACEMENTS), p=PLACEMENT_PROBABILITY))]
     if mode != "free" and boxes:
@@ -85,10 +92,17 @@ def _place_one(rng, width, height, boxes, classes):
             placed = _COMPOSE[mode](rng, boxes[parent], classes[parent])
             if placed is not None and _fits(placed[0], width, height, boxes, allowed=parent):
                 return placed
-    return _free(rng, width, height, boxes, classes)
+    return _free(rng, width, height, boxes)
 
 
-def _free(rng, width, height, boxes, classes, scale=1.0):
+def _free(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    boxes: list[Box],
+    scale: float = 1.0,
+) -> Placed:
+    """A box clear of all others, of side ``scale`` x 12-30% of the image, any class."""
     side = max(width, height)
     for _ in range(ATTEMPTS):
         w, h = _size(rng, scale * side * rng.uniform(0.12, 0.3))
@@ -99,7 +113,7 @@ def _free(rng, width, height, boxes, classes, scale=1.0):
     return None
 
 
-def _on(rng, parent, parent_class):
+def _on(rng: np.random.Generator, parent: Box, parent_class: int) -> Placed:
     px1, py1, px2, _ = parent
     w, h = _size(rng, (px2 - px1) * rng.uniform(0.35, 0.8))
     cx = rng.uniform(px1 + 0.25 * (px2 - px1), px2 - 0.25 * (px2 - px1))
@@ -108,7 +122,7 @@ def _on(rng, parent, parent_class):
     return box, _biased_class(rng, parent_class, MOUNTS, RIDERS, 0.6)
 
 
-def _inside(rng, parent, parent_class):
+def _inside(rng: np.random.Generator, parent: Box, parent_class: int) -> Placed:
     px1, py1, px2, py2 = parent
     inner = min(px2 - px1, py2 - py1)
     w, h = _size(rng, inner * rng.uniform(0.3, 0.5))
@@ -119,7 +133,7 @@ def _inside(rng, parent, parent_class):
     return (x1, y1, x1 + w, y1 + h), _random_class(rng)
 
 
-def _hat(rng, parent, parent_class):
+def _hat(rng: np.random.Generator, parent: Box, parent_class: int) -> Placed:
     px1, py1, px2, py2 = parent
     w = max(3, int((px2 - px1) * rng.uniform(0.45, 0.8)))
     h = max(3, int(w * rng.uniform(0.6, 0.9)))
@@ -132,7 +146,7 @@ def _hat(rng, parent, parent_class):
     return box, _biased_class(rng, parent_class, WEARERS, HATS, 0.7)
 
 
-def _side(rng, parent, parent_class):
+def _side(rng: np.random.Generator, parent: Box, parent_class: int) -> Placed:
     px1, py1, px2, py2 = parent
     w, h = _size(rng, (py2 - py1) * rng.uniform(0.45, 0.9))
     cy = rng.uniform(py1 + 0.3 * (py2 - py1), py2 - 0.3 * (py2 - py1))
@@ -141,7 +155,7 @@ def _side(rng, parent, parent_class):
     return (x1, y1, x1 + w, y1 + h), _biased_class(rng, parent_class, HOLDERS, HELD, 0.6)
 
 
-def _overlap(rng, parent, parent_class):
+def _overlap(rng: np.random.Generator, parent: Box, parent_class: int) -> Placed:
     px1, py1, px2, py2 = parent
     w, h = _size(rng, min(px2 - px1, py2 - py1) * rng.uniform(0.6, 1.0))
     # Centre on a point of the parent's border so that the two boxes overlap partly.
@@ -152,7 +166,7 @@ def _overlap(rng, parent, parent_class):
     return (x1, y1, x1 + w, y1 + h), _random_class(rng)
 
 
-def _point(rng, parent, parent_class):
+def _point(rng: np.random.Generator, parent: Box, parent_class: int) -> Placed:
     if SHAPES[parent_class // len(COLOURS)] != "triangle":
         return None
     px1, py1, px2, py2 = parent
@@ -173,7 +187,7 @@ _COMPOSE = {
 }
 
 
-def _fits(box, width, height, boxes, allowed):
+def _fits(box: Box, width: int, height: int, boxes: list[Box], allowed: int | None) -> bool:
     """Inside the image, and clear (by a pixel) of every object except ``allowed``."""
     x1, y1, x2, y2 = box
     if x1 < 0 or y1 < 0 or x2 >= width or y2 >= height or x2 - x1 < 3 or y2 - y1 < 3:
@@ -184,17 +198,23 @@ def _fits(box, width, height, boxes, allowed):
     return True
 
 
-def _size(rng, side):
+def _size(rng: np.random.Generator, side: float) -> tuple[int, int]:
     """(w, h) around ``side`` pixels with a mild random aspect ratio, at least 4 pixels."""
     aspect = np.exp(rng.uniform(-0.2, 0.2))
     return max(4, int(round(side * aspect))), max(4, int(round(side / aspect)))
 
 
-def _random_class(rng):
+def _random_class(rng: np.random.Generator) -> int:
     return int(rng.integers(len(OBJECT_CLASSES)))
 
 
-def _biased_class(rng, parent_class, parent_shapes, child_shapes, probability):
+def _biased_class(
+    rng: np.random.Generator,
+    parent_class: int,
+    parent_shapes: tuple[str, ...],
+    child_shapes: tuple[str, ...],
+    probability: float,
+) -> int:
     """A child class whose shape is one of ``child_shapes`` with ``probability`` when the
     parent's shape is in ``parent_shapes`` (scenes favour their typical compositions)."""
     if SHAPES[parent_class // len(COLOURS)] in parent_shapes and rng.random() < probability:
@@ -204,7 +224,7 @@ def _biased_class(rng, parent_class, parent_shapes, child_shapes, probability):
 
 
 # ---------------------------------------------------------------- drawing
-def _background(rng, width, height):
+def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """(H, W, 3) uint8: a light tint, a soft gradient and pixel noise."""
     tint = rng.uniform(175, 235, size=3)
     direction = rng.normal(size=2)
@@ -221,7 +241,9 @@ def _background(rng, width, height):
     return np.clip(pixels, 0, 255, out=pixels).astype(np.uint8)
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: list[int], fill) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, shape: str, box: list[int], fill: tuple[int, ...]
+) -> None:
     x1, y1, x2, y2 = box
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     if shape == "circle":

@@ -409,7 +409,7 @@ def _class_names(dicts: dict[str, Any], key: str, path: Path) -> list[str]:
 
 
 def _column(array: np.ndarray, name: str, path: Path) -> np.ndarray:
-    if array.ndim == 2 and array.shape[1] != 1 or array.ndim > 2:
+    if array.ndim > 2 or (array.ndim == 2 and array.shape[1] != 1):
         raise DatasetError(f"{path}: {name} must have shape (n, 1), got {array.shape}")
     return array.reshape(-1)
 
