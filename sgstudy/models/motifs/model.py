@@ -137,6 +137,23 @@ class MotifsModel(nn.Module):
         self.union_features = UnionFeatures(channels, resolution, w.pair_dim)
         self.pair_classifier = PairClassifier(w.edge_hidden, w.pair_dim, num_predicates)
         self.frequency_bias = FrequencyBias(pair_predicate_counts)
+        self.initialise_relation_layers()
+
+    def initialise_relation_layers(self) -> None:
+        """He-normal weights and zero biases for the linear and conv layers outside the detector.
+
+        PyTorch's default init shrinks activations by about sqrt(3) at every ReLU layer, and the
+        pair representation is the product of two such stacks (edge contexts x union feature):
+        at default init it starts near 1e-3 and its gradients vanish, so only the frequency bias
+        learns. He init keeps both factors near unit scale. The classifier itself starts near
+        zero, so the first predictions are the frequency bias's.
+        """
+        for name, module in self.named_modules():
+            if name.startswith("detector") or not isinstance(module, nn.Linear | nn.Conv2d):
+                continue
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+        nn.init.normal_(self.pair_classifier.classify.weight, std=0.01)
 
     def train(self, mode: bool = True) -> MotifsModel:
         super().train(mode)
