@@ -203,7 +203,11 @@ def cmd_report(args: argparse.Namespace) -> None:
         metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None,
     )
     print(outputs.main_table)
-    print(f"\nreport written to {outputs.index}")
+    for figure in (path for path in outputs.files if path.suffix == ".png"):
+        print(f"figure: {figure}")
+    print(f"report written to {outputs.index}")
+    if outputs.logged_to:
+        print(f"also logged to MLflow run {outputs.logged_to} (artifacts, folder report/)")
 
 
 # ---------------------------------------------------------------- parser
