@@ -114,10 +114,12 @@ def run_config_from_args(args: argparse.Namespace) -> object:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from sgstudy.engine import unwrap
     from sgstudy.training import (
         CHECKPOINT_NAME,
         CONFIG_NAME,
         METRICS_NAME,
+        MODEL_NAME,
         TrainingSession,
         write_json,
     )
@@ -129,6 +131,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     session = TrainingSession.start(config, resume, progress=not args.quiet)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CONFIG_NAME, config.to_params())
+    # What the model is made of and what its alignment branch masks and aligns.
+    write_json(out / MODEL_NAME, unwrap(session.model).describe())
     history = []
     result = None
     while not session.done:

@@ -31,8 +31,9 @@ class AlignConfig:
     weight:       λ in L = L_sgg + λ · L_align
     masked_input: "edge_input" masks the input of the edge-context encoder (before message
                   passing, as in the paper); "edge_context" masks its output
-    target:       "representation" aligns the projected pair representations (MSE),
-                  "distribution" the predicate distributions (KL), "both" sums the two
+    target:       "representation" aligns the projected pair representations (squared
+                  distance of unit vectors, 2 - 2 cos), "distribution" the predicate
+                  distributions (KL), "both" sums the two
     """
 
     enabled: bool = False

@@ -44,6 +44,7 @@ from sgstudy.models import build_model
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
 CONFIG_NAME = "config.json"
+MODEL_NAME = "model.json"
 
 
 @dataclass

@@ -41,14 +41,26 @@ def test_mask_is_reproducible_from_the_generator_state():
     assert first.dtype == torch.bool and first.shape == like.shape
 
 
-def test_representation_alignment_is_mse_and_moves_only_the_student():
-    student = torch.tensor([[1.0, 2.0], [0.0, -1.0]], requires_grad=True)
-    teacher = torch.tensor([[0.0, 2.0], [2.0, 1.0]], requires_grad=True)
+def test_representation_alignment_is_two_minus_two_cos_and_moves_only_the_student():
+    student = torch.tensor([[3.0, 0.0], [0.0, -1.0]], requires_grad=True)
+    teacher = torch.tensor([[0.0, 2.0], [0.0, -5.0]], requires_grad=True)
     loss = representation_alignment(student, teacher)
-    assert loss.item() == pytest.approx((1 + 0 + 4 + 4) / 4)
+    # Pair 1 is orthogonal (2 - 2 cos = 2), pair 2 points the same way (0): mean 1.
+    assert loss.item() == pytest.approx(1.0)
     loss.backward()
     assert teacher.grad is None
-    assert torch.allclose(student.grad, 2 * (student - teacher).detach() / 4)
+    assert student.grad[0].abs().sum() > 0
+    assert torch.allclose(student.grad[1], torch.zeros(2), atol=1e-7)
+
+
+def test_representation_alignment_cannot_be_met_by_shrinking():
+    """Scaling both branches down leaves the loss unchanged: collapsing to zero gains nothing."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 16), torch.randn(8, 16)
+    full = representation_alignment(student, teacher)
+    assert representation_alignment(student * 1e-3, teacher * 1e-3).item() == pytest.approx(
+        full.item(), rel=1e-5
+    )
 
 
 def test_distribution_alignment_is_kl_teacher_to_student():

@@ -55,6 +55,8 @@ def test_run_directory_holds_history_checkpoint_and_config(trained_run):
     assert (trained_run / "checkpoint.pt").is_file()
     config = json.loads((trained_run / "config.json").read_text())
     assert config["epochs"] == 4 and config["protocol"] == "predcls" and config["align"] is False
+    model = json.loads((trained_run / "model.json").read_text())
+    assert model["align_branch"] == "off" and model["motifs_preset"] == "tiny"
 
 
 def test_evaluate_rereads_the_checkpoint(trained_run, capsys):

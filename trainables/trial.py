@@ -235,6 +235,7 @@ def open_tracker(
     import ray
 
     from sgstudy import tracking
+    from sgstudy.engine import unwrap
 
     study_run = settings.study_run
     client = tracking.make_client(study_run.tracking_uri)
@@ -253,6 +254,8 @@ def open_tracker(
         DATASET_FINGERPRINT_PARAM: session.statistics.fingerprint,
         VERSION_PARAM: __version__,
         STUDY_PARAM: study_run.study,
+        # What the model is made of and what its alignment branch masks and aligns.
+        **unwrap(session.model).describe(),
     }
     tracking.log_params(client, run_id, params)
     tracker = TrialTracker(client, run_id, settings)

@@ -8,8 +8,8 @@ supervised branch's output, which acts as a teacher without gradient (a distilla
 The public text gives neither the mask nor the loss in equations; our choices, configurable in
 ``AlignConfig``: a Bernoulli(p) mask per feature element that zeroes it, without rescaling the
 kept ones (the teacher never saw rescaled inputs either); alignment of the projected pair
-representations by mean squared error (``representation``), of the predicate distributions by
-KL(teacher ‖ student) (``distribution``), or both summed.
+representations by the squared distance of their unit vectors (``representation``), of the
+predicate distributions by KL(teacher ‖ student) (``distribution``), or both summed.
 
 Each model decides which of its features are the relational inputs; Motifs' choice is in
 ``sgstudy.models.motifs.model``.
@@ -40,10 +40,18 @@ def mask_features(
 
 
 def representation_alignment(student: Tensor, teacher: Tensor) -> Tensor:
-    """Mean squared error between (P, D) representations; the teacher gets no gradient."""
+    """Squared distance between the L2-normalised (P, D) representations, ``2 - 2 cos`` per pair,
+    averaged over pairs; the teacher gets no gradient.
+
+    Normalised because student and teacher share their parameters: a plain MSE is smallest when
+    every representation shrinks to zero, and at λ = 10 that trivial solution beats the
+    supervised loss (the model collapses to predicting background).
+    """
     if student.numel() == 0:
         return student.sum() * 0.0
-    return F.mse_loss(student.float(), teacher.detach().float())
+    student = F.normalize(student.float(), dim=1)
+    teacher = F.normalize(teacher.detach().float(), dim=1)
+    return (student - teacher).pow(2).sum(dim=1).mean()
 
 
 def distribution_alignment(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
@@ -80,9 +88,9 @@ def describe_alignment(config: AlignConfig, masked: str, representation: str) ->
     if not config.enabled:
         return {"align_branch": "off"}
     aligned = {
-        "representation": f"MSE on {representation}",
+        "representation": f"squared distance of unit vectors (2 - 2 cos) on {representation}",
         "distribution": "KL(teacher || student) on predicate distributions",
-        "both": f"MSE on {representation} + KL(teacher || student) on predicate distributions",
+        "both": f"2 - 2 cos on {representation} + KL(teacher || student) on predicate distributions",
     }[config.target]
     return {
         "align_branch": "parameter-shared relation head re-run on masked input, teacher detached",
