@@ -31,8 +31,9 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(STAMP)
+bench: $(STAMP) $(DATA)/VG-SGG-with-attri.h5
 	$(BIN)/python benchmarks/bench_eval.py
+	$(BIN)/python benchmarks/bench_train.py --data $(DATA)
 	$(BIN)/python benchmarks/bench_study.py
 
 clean:

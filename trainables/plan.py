@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from search_spaces.studies import StudySpec, check_seeds, get_study
 from sgstudy.config import PRESETS, RunConfig
 from sgstudy.errors import ConfigError, UserError
-from trainables.trial import FAIL_ONCE_KEY, VARIANT_KEY
+from trainables.trial import FAIL_ONCE_KEY, TRIAL_KEYS
 
 SCHEDULERS = ("asha",)
 OPTUNA_DB = "optuna.db"
@@ -152,13 +152,21 @@ def check_trial_configs(spec: StudySpec, seeds: tuple[int, ...], space: dict[str
     """Every grid point, merged with the launch's keys, must be a valid run config."""
     import optuna
 
-    study = optuna.create_study(sampler=spec.sampler(seeds))
+    # A throwaway in-memory study: Optuna would log its creation on stderr, where a launch
+    # refused by a later check must leave exactly one error line.
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(sampler=spec.sampler(seeds))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     trial = study.ask()
     points = [dict(values) for values in spec.grid.values()] if spec.grid else [{}]
     constants = spec.space_fn(seeds)(trial)
     for point in points:
         flat = {**constants, **point, **space, "seed": seeds[0]}
-        RunConfig.from_flat({k: v for k, v in flat.items() if k not in (VARIANT_KEY,)})
+        # The trial's own keys (variant, fault injection) are not run-config keys.
+        RunConfig.from_flat({k: v for k, v in flat.items() if k not in TRIAL_KEYS})
 
 
 def storage_location(storage_path: str) -> str:

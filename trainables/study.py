@@ -9,6 +9,7 @@ finished trials stay finished, the others continue from their checkpoints.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +73,9 @@ def connect_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=address, log_to_driver=True)
+        # Without an address, ray.init would join a cluster that `ray start` left running on
+        # this machine; "local" always starts the study's own.
+        ray.init(address=address or "local", log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"cannot join the Ray cluster at {address}: {exc}") from exc
     return True
@@ -164,6 +167,13 @@ def launch_params(plan: StudyPlan) -> dict[str, Any]:
 def build_tuner(plan: StudyPlan, settings: TrialSettings, max_concurrent: int) -> Any:
     from ray import tune
 
+    # Tune saves the launch's state (its trials, the searcher) every 10 s or more by default.
+    # A driver killed in between loses the trials it created since, although Optuna has handed
+    # out their grid points and they may have opened MLflow runs: --resume would run those
+    # points again under new trial ids. Saving every second closes that window.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # That frequent saving is deliberate; Tune would warn about it after every epoch.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = tune.with_resources(
         tune.with_parameters(train_scene_graph, settings=settings), trial_resources(plan.options)
     )
@@ -192,9 +202,10 @@ def build_tuner(plan: StudyPlan, settings: TrialSettings, max_concurrent: int) -
 
 def build_searcher(plan: StudyPlan) -> Any:
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(
+    from trainables.searcher import ResumableOptunaSearch
+
+    return ResumableOptunaSearch(
         plan.spec.space_fn(plan.seeds),
         metric=PRIMARY_METRIC,
         mode="max",
