@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= data/synthetic
 STAMP := $(VENV)/.sgstudy-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-all bench clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,10 @@ demo: $(STAMP) $(DATA)/VG-SGG-with-attri.h5
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Every test, the slow end-to-end ones too (24-run grid, SIGINT resume); CI runs `make test`.
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
 
 bench: $(STAMP) $(DATA)/VG-SGG-with-attri.h5
 	$(BIN)/python benchmarks/bench_eval.py
