@@ -40,6 +40,8 @@ from sgstudy.tracking_layout import (
 LAUNCH_TAG = "sgstudy.launch"
 VARIANT_TAG = "sgstudy.variant"
 GPU_IDS_TAG = "sgstudy.gpu_ids"
+# How many processes trained the trial (torch.distributed's world size; 1 without DDP).
+WORLD_SIZE_TAG = "sgstudy.world_size"
 RESUMED_FROM_TAG = "sgstudy.resumed_from_epoch"
 
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"

@@ -21,6 +21,8 @@ from trainables.trial import FAIL_ONCE_KEY, TRIAL_KEYS
 
 SCHEDULERS = ("asha",)
 OPTUNA_DB = "optuna.db"
+# What the driver of a data-parallel trial reserves (bytes of Ray's logical memory).
+DRIVER_MEMORY_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -121,16 +123,23 @@ def plan_study(options: StudyOptions) -> StudyPlan:
 
 
 def check_resources(options: StudyOptions) -> None:
-    if not options.cpus_per_trial > 0:
-        raise ConfigError(f"cpus_per_trial must be > 0, got {options.cpus_per_trial}")
-    if not options.gpus_per_trial >= 0:
-        raise ConfigError(f"gpus_per_trial must be >= 0, got {options.gpus_per_trial}")
+    # Written so that NaN fails too; infinity is refused before int() would raise on it.
+    if not (options.cpus_per_trial > 0 and math.isfinite(options.cpus_per_trial)):
+        raise ConfigError(f"cpus_per_trial must be a number > 0, got {options.cpus_per_trial}")
+    if not (options.gpus_per_trial >= 0 and math.isfinite(options.gpus_per_trial)):
+        raise ConfigError(f"gpus_per_trial must be a number >= 0, got {options.gpus_per_trial}")
     if options.gpus_per_trial > 1 and options.gpus_per_trial != int(options.gpus_per_trial):
         raise ConfigError(
             f"gpus_per_trial {options.gpus_per_trial}: more than one GPU must be a whole number"
         )
     if options.workers_per_trial < 1:
         raise ConfigError(f"workers_per_trial must be >= 1, got {options.workers_per_trial}")
+    if options.workers_per_trial > 1 and 0 < options.gpus_per_trial < 1:
+        # Two ranks of one trial could land on the same GPU, which NCCL refuses.
+        raise ConfigError(
+            f"gpus_per_trial {options.gpus_per_trial} with workers_per_trial "
+            f"{options.workers_per_trial}: data-parallel workers need a whole GPU each"
+        )
     if options.max_concurrent is not None and options.max_concurrent < 1:
         raise ConfigError(f"max_concurrent must be >= 1, got {options.max_concurrent}")
     if options.max_failures < 0:
@@ -211,8 +220,10 @@ def optuna_url(given: str | None, tracking_uri: str) -> str:
 def trial_resources(options: StudyOptions) -> dict[str, float]:
     """What Tune reserves for one trial's own process."""
     if options.workers_per_trial > 1:
-        # The trial only waits on its TorchTrainer, whose workers hold the real resources.
-        return {"CPU": 0.0}
+        # The trial only waits on its TorchTrainer, whose workers hold the real resources, so it
+        # takes no CPU (a share of one would leave N workers of N CPUs unable to start). Tune
+        # refuses an empty request, hence a token amount of memory, which every node has.
+        return {"CPU": 0.0, "memory": DRIVER_MEMORY_BYTES}
     return {"CPU": options.cpus_per_trial, "GPU": options.gpus_per_trial}
 
 

@@ -233,6 +233,7 @@ def open_tracker(
 ) -> TrialTracker:
     """Starts or resumes the trial's child run and logs what it does not hold yet."""
     import ray
+    import torch.distributed as dist
 
     from sgstudy import tracking
     from sgstudy.engine import unwrap
@@ -240,6 +241,8 @@ def open_tracker(
     study_run = settings.study_run
     client = tracking.make_client(study_run.tracking_uri)
     tags = tracking.node_tags(ray.get_runtime_context().get_node_id(), ray.get_gpu_ids())
+    # The process group DDP really trains in, not the requested worker count.
+    tags[tracking.WORLD_SIZE_TAG] = str(dist.get_world_size() if dist.is_initialized() else 1)
     if knobs.get(VARIANT_KEY):
         tags[tracking.VARIANT_TAG] = str(knobs[VARIANT_KEY])
     if state.history:
