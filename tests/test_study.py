@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import process_table
 
 from search_spaces.studies import BASELINE, MODEL_KEYS, PAPER_P_VALUES, get_study
 from sgstudy import __version__
@@ -72,22 +73,6 @@ STUDY_TIMEOUT_S = 480
 
 
 # ---------------------------------------------------------------- processes
-def process_table() -> dict[int, tuple[int, int, str]]:
-    """pid -> (parent pid, process group, state), read from /proc."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # it exited while we looked
-            continue
-        # The command name (field 2) may hold spaces and parentheses: split after its ")".
-        state, ppid, pgid = stat[stat.rindex(")") + 2 :].split()[:3]
-        table[int(entry.name)] = (int(ppid), int(pgid), state)
-    return table
-
-
 def group_tree(pgids: set[int]) -> set[int]:
     """Every live process in the groups ``pgids`` and all their descendants.
 

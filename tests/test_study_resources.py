@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import group_members
 
 from search_spaces.studies import BASELINE
 from sgstudy.errors import ConfigError, UserError
@@ -410,22 +411,6 @@ def listening_addresses(port: int) -> set[str]:
             else:
                 found.add(f"ipv6:{address}")
     return found
-
-
-def group_members(pgid: int) -> set[int]:
-    """Live (not zombie) processes of the process group ``pgid``."""
-    members = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # it exited while we looked
-            continue
-        state, _, group = stat[stat.rindex(")") + 2 :].split()[:3]
-        if int(group) == pgid and state != "Z":
-            members.add(int(entry.name))
-    return members
 
 
 def kill_group(proc: subprocess.Popen) -> None:
