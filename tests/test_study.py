@@ -263,6 +263,15 @@ def assert_one_finished_parent(tracked: TrackedStudy) -> Any:
     return parent
 
 
+def assert_finished_launch(tracked: TrackedStudy, trials: int) -> Any:
+    """One FINISHED parent holding ``trials`` FINISHED child runs, one per Tune trial."""
+    parent = assert_one_finished_parent(tracked)
+    assert len(tracked.children) == trials
+    assert all(run.info.status == "FINISHED" for run in tracked.children)
+    assert_one_run_per_trial(tracked)
+    return parent
+
+
 def assert_one_run_per_trial(tracked: TrackedStudy) -> None:
     trial_ids = Counter(run.data.tags.get(TRIAL_ID_TAG) for run in tracked.children)
     assert None not in trial_ids
@@ -313,11 +322,8 @@ def test_p_grid_runs_every_variant_once_under_one_parent(p_grid):
     under it: baseline (no alignment) and p = 0.05, 0.1, 0.2, 0.4, 0.6, each exactly once, and
     the Optuna study behind the launch asked each grid point exactly once."""
     workdir, tracked = p_grid
-    parent = assert_one_finished_parent(tracked)
+    parent = assert_finished_launch(tracked, trials=6)
     assert parent.data.params["num_trials"] == "6"
-    assert len(tracked.children) == 6
-    assert all(run.info.status == "FINISHED" for run in tracked.children)
-    assert_one_run_per_trial(tracked)
 
     variants = Counter(run.data.tags[VARIANT_TAG] for run in tracked.children)
     assert variants == Counter(P_GRID)
@@ -416,10 +422,7 @@ def test_four_seeds_give_24_runs_each_variant_and_seed_once(tmp_path, data_root)
     )
     assert driver.proc.returncode == 0, driver.tail()
     tracked = read_study(workdir)
-    assert_one_finished_parent(tracked)
-    assert len(tracked.children) == 24
-    assert all(run.info.status == "FINISHED" for run in tracked.children)
-    assert_one_run_per_trial(tracked)
+    assert_finished_launch(tracked, trials=24)
     cells = Counter(
         (run.data.tags[VARIANT_TAG], run.data.params["seed"]) for run in tracked.children
     )
@@ -579,10 +582,7 @@ def test_killed_driver_resumes_without_running_a_trial_twice(tmp_path, data_root
     assert resumed.proc.returncode == 0, resumed.tail()
 
     tracked = read_study(workdir)
-    assert_one_finished_parent(tracked)
-    assert len(tracked.children) == 3
-    assert all(run.info.status == "FINISHED" for run in tracked.children)
-    assert_one_run_per_trial(tracked)
+    assert_finished_launch(tracked, trials=3)
     assert Counter(run.data.tags[VARIANT_TAG] for run in tracked.children) == Counter(
         [BASELINE, "p=0.1", "p=0.2"]
     )
@@ -655,10 +655,7 @@ def test_a_trial_that_fails_once_is_retried_from_its_checkpoint(tmp_path, data_r
     assert driver.proc.returncode == 0, driver.tail()
 
     tracked = read_study(workdir)
-    assert_one_finished_parent(tracked)
-    assert len(tracked.children) == 2
-    assert all(run.info.status == "FINISHED" for run in tracked.children)
-    assert_one_run_per_trial(tracked)
+    assert_finished_launch(tracked, trials=2)
     assert_every_epoch_once(tracked, epochs=2)
     for run in tracked.children:
         # Set only by an attempt that started from a checkpoint, never by a fresh one.
@@ -762,9 +759,7 @@ def test_a_study_on_two_nodes_runs_trials_on_both(tmp_path, data_root, two_node_
     )
     assert driver.proc.returncode == 0, driver.tail()
     tracked = read_study(workdir)
-    assert_one_finished_parent(tracked)
-    assert len(tracked.children) == 2
-    assert all(run.info.status == "FINISHED" for run in tracked.children)
+    assert_finished_launch(tracked, trials=2)
     node_ids = {run.data.tags[NODE_ID_TAG] for run in tracked.children}
     assert len(node_ids) == 2
     assert node_ids == cluster_node_ids(address, env, tmp_path)

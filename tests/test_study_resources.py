@@ -283,7 +283,9 @@ class Launched:
         return sorted(m.step for m in self.client.get_metric_history(run.info.run_id, key))
 
 
-def launch(workdir: Path, data_root: Path, capsys, **resources: Any) -> Launched:
+def launch(
+    workdir: Path, data_root: Path, capsys, epochs: int = EPOCHS, **resources: Any
+) -> Launched:
     """Runs the 2-trial p-grid (baseline, p=0.1) in this process on the Ray already up."""
     from mlflow.tracking import MlflowClient
 
@@ -294,7 +296,7 @@ def launch(workdir: Path, data_root: Path, capsys, **resources: Any) -> Launched
         StudyOptions(
             study=STUDY,
             data_root=str(data_root),
-            epochs=EPOCHS,
+            epochs=epochs,
             values=(0.1,),
             tracking_uri=uri,
             storage_path=str(workdir / "ray_results"),
@@ -310,12 +312,12 @@ def launch(workdir: Path, data_root: Path, capsys, **resources: Any) -> Launched
     return Launched(outcome, capsys.readouterr().out, client, parents[0], children)
 
 
-def assert_two_finished_trials(launched: Launched) -> None:
+def assert_two_finished_trials(launched: Launched, epochs: int = EPOCHS) -> None:
     """Both trials FINISHED in Tune's eyes and MLflow's, one child run each, every epoch once."""
     # On failure, what Tune and the trials printed (their errors) is in the message.
     assert launched.outcome.complete, launched.stdout[-6000:]
     assert {row.variant for row in launched.outcome.rows} == VARIANTS
-    assert all(not row.failed and row.epochs_done == EPOCHS for row in launched.outcome.rows)
+    assert all(not row.failed and row.epochs_done == epochs for row in launched.outcome.rows)
     assert launched.parent.info.status == "FINISHED"
     assert len(launched.children) == 2
     assert {run.data.tags[VARIANT_TAG] for run in launched.children} == VARIANTS
@@ -323,7 +325,7 @@ def assert_two_finished_trials(launched: Launched) -> None:
     for run in launched.children:
         assert run.info.status == "FINISHED", run.info.run_name
         for key in (PRIMARY_METRIC, TOTAL_LOSS):
-            assert launched.steps(run, key) == list(range(1, EPOCHS + 1)), (run.info.run_name, key)
+            assert launched.steps(run, key) == list(range(1, epochs + 1)), (run.info.run_name, key)
         # The val metrics of the last epoch, as the table shows them.
         metrics = run.data.metrics
         assert {"mR_50", "mR_100", "R_50", "R_100"} <= set(metrics), sorted(metrics)
@@ -336,8 +338,13 @@ def test_half_gpu_trials_share_the_one_gpu_at_once(tmp_path, data_root, fake_gpu
     GPU "0", their runs overlap in time, and both FINISHED. The GPU is declared, not real:
     device "auto" finds no CUDA behind Ray's CUDA_VISIBLE_DEVICES and trains on CPU."""
     assert fake_gpu_ray["GPU"] == 1.0 and fake_gpu_ray["CPU"] == 2.0
-    launched = launch(tmp_path, data_root, capsys, gpus_per_trial=0.5, cpus_per_trial=1)
-    assert_two_finished_trials(launched)
+    # Long enough that the second trial's worker, which may start a second or two after the
+    # first one's, finds the first still training: the overlap below is about packing.
+    epochs = 3 * EPOCHS
+    launched = launch(
+        tmp_path, data_root, capsys, epochs=epochs, gpus_per_trial=0.5, cpus_per_trial=1
+    )
+    assert_two_finished_trials(launched, epochs)
     assert "2 trials, up to 2 at once" in launched.stdout
     assert launched.parent.data.params["gpus_per_trial"] == "0.5"
 
@@ -360,7 +367,7 @@ def test_half_gpu_trials_share_the_one_gpu_at_once(tmp_path, data_root, fake_gpu
         (trial_dir,) = (tmp_path / "ray_results" / STUDY).glob(f"*_{trial_id}_*")
         (checkpoint,) = trial_dir.glob("checkpoint_*/checkpoint.pt")
         state = torch.load(checkpoint, weights_only=False)
-        assert state["epoch"] == EPOCHS
+        assert state["epoch"] == epochs
         devices = {tensor.device.type for tensor in state["model"].values()}
         assert devices == {"cpu"}, (trial_id, devices)
 

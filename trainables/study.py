@@ -72,12 +72,13 @@ def connect_ray(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
+    # Without an address, ray.init would join a cluster that `ray start` left running on this
+    # machine; "local" always starts the study's own.
+    address = address or "local"
     try:
-        # Without an address, ray.init would join a cluster that `ray start` left running on
-        # this machine; "local" always starts the study's own.
-        ray.init(address=address or "local", log_to_driver=True)
+        ray.init(address=address, log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"cannot join the Ray cluster at {address}: {exc}") from exc
+        raise UserError(f"cannot start or join the Ray cluster at {address}: {exc}") from exc
     return True
 
 
@@ -170,7 +171,7 @@ def build_tuner(plan: StudyPlan, settings: TrialSettings, max_concurrent: int) -
     # Tune saves the launch's state (its trials, the searcher) every 10 s or more by default.
     # A driver killed in between loses the trials it created since, although Optuna has handed
     # out their grid points and they may have opened MLflow runs: --resume would run those
-    # points again under new trial ids. Saving every second closes that window.
+    # points again under new trial ids. Saving every second narrows that window to a second.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # That frequent saving is deliberate; Tune would warn about it after every epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
