@@ -21,6 +21,13 @@ PRESETS = ("tiny", "paper")
 # Which relational features the auxiliary branch masks, and what it aligns.
 MASKED_INPUTS = ("edge_input", "edge_context")
 ALIGN_TARGETS = ("representation", "distribution", "both")
+# DSG ablations (DSG supplement §2): the full model, the referring-relationship classifier on raw
+# detector features, and "scene graph first, then answer the query from it".
+DSG_VARIANTS = ("dsg", "no-dsg", "two-step")
+# How the GPI step aggregates neighbours: feature-wise attention (DSG), one scalar attention
+# weight per neighbour, or a plain sum (GPI as in Herzig et al.).
+GPI_AGGREGATIONS = ("feature-attention", "scalar-attention", "sum")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
@@ -52,11 +59,24 @@ class AlignConfig:
 
 
 @dataclass(frozen=True)
+class DsgConfig:
+    """DSG's ablations as config of the one model family (read by ``sgstudy.models.dsg``)."""
+
+    variant: str = "dsg"
+    gpi_aggregation: str = "feature-attention"
+
+    def __post_init__(self) -> None:
+        _check_choice("dsg_variant", self.variant, DSG_VARIANTS)
+        _check_choice("gpi_aggregation", self.gpi_aggregation, GPI_AGGREGATIONS)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "motifs"
     protocol: str = "predcls"
     preset: str = "tiny"
     align: AlignConfig = field(default_factory=AlignConfig)
+    dsg: DsgConfig = field(default_factory=DsgConfig)
     # Trained detector checkpoint (``sgstudy train-detector``); required for sgdet.
     detector_checkpoint: str | None = None
     # Backbone weights from a local file (ImageNet or a detector's); nothing downloads.
@@ -70,8 +90,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD with momentum, linear warm-up, step decay and grad-norm clipping (SPEC §3)."""
+    """SGD with momentum (or AdamW), linear warm-up, step decay and grad-norm clipping (SPEC §3)."""
 
+    optimizer: str = "sgd"
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -91,6 +112,7 @@ class OptimConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_iters < 0 or self.weight_decay < 0:
             raise ConfigError("warmup_iters and weight_decay must be >= 0")
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
 
 
 @dataclass(frozen=True)
@@ -135,6 +157,10 @@ class RunConfig:
                 protocol=values.pop("protocol", ModelConfig.protocol),
                 preset=values.pop("preset", ModelConfig.preset),
                 align=align,
+                dsg=DsgConfig(
+                    variant=values.pop("dsg_variant", DsgConfig.variant),
+                    gpi_aggregation=values.pop("gpi_aggregation", DsgConfig.gpi_aggregation),
+                ),
                 detector_checkpoint=values.pop("detector_checkpoint", None),
                 backbone_weights=values.pop("backbone_weights", None),
             )
@@ -178,6 +204,8 @@ class RunConfig:
             "align_weight": a.weight,
             "masked_input": a.masked_input,
             "align_target": a.target,
+            "dsg_variant": m.dsg.variant,
+            "gpi_aggregation": m.dsg.gpi_aggregation,
             "detector_checkpoint": m.detector_checkpoint,
             "backbone_weights": m.backbone_weights,
             **{f.name: getattr(o, f.name) for f in dataclasses.fields(OptimConfig)},

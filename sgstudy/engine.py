@@ -51,9 +51,11 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
     # The frozen detector has requires_grad=False; only the relation head is optimised.
     params = [p for p in model.parameters() if p.requires_grad]
+    if optim.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
     return torch.optim.SGD(
         params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
     )
