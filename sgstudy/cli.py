@@ -94,6 +94,8 @@ def run_config_from_args(args: argparse.Namespace) -> object:
         "align_weight": args.align_weight,
         "masked_input": args.masked_input,
         "align_target": args.align_target,
+        "align_mask_unit": args.align_mask_unit,
+        "align_projection_head": not args.no_align_projection_head,
         "detector_checkpoint": args.detector,
         "backbone_weights": args.backbone_weights,
         "data_root": args.data,
@@ -226,7 +228,15 @@ def add_data_flags(parser: argparse.ArgumentParser, required: bool = True) -> No
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
-    from sgstudy.config import ALIGN_TARGETS, MASKED_INPUTS, MODELS, PRESETS, PROTOCOLS
+    from sgstudy.config import (
+        ALIGN_TARGETS,
+        MASK_UNITS,
+        MASKED_INPUTS,
+        MODELS,
+        PRESETS,
+        PROTOCOLS,
+        AlignConfig,
+    )
 
     p = subparsers.add_parser("train", help="train one relation model, print val metrics")
     p.add_argument("--model", choices=MODELS, default="motifs")
@@ -235,8 +245,19 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--align", action="store_true", help="add self-supervised relation alignment")
     p.add_argument("--mask-ratio", type=float, default=0.1, help="p, masking ratio (default 0.1)")
     p.add_argument("--align-weight", type=float, default=10.0, help="λ, loss weight (default 10)")
-    p.add_argument("--masked-input", choices=MASKED_INPUTS, default="edge_input")
-    p.add_argument("--align-target", choices=ALIGN_TARGETS, default="representation")
+    p.add_argument("--masked-input", choices=MASKED_INPUTS, default=AlignConfig.masked_input)
+    p.add_argument("--align-target", choices=ALIGN_TARGETS, default=AlignConfig.target)
+    p.add_argument(
+        "--align-mask-unit",
+        choices=MASK_UNITS,
+        default=AlignConfig.mask_unit,
+        help="mask whole relations (default) or single feature elements",
+    )
+    p.add_argument(
+        "--no-align-projection-head",
+        action="store_true",
+        help="representation alignment on the shared classifier input (no projection head)",
+    )
     p.add_argument("--detector", help="detector checkpoint from train-detector (needed for sgdet)")
     p.add_argument("--backbone-weights", help="local backbone weights file")
     add_data_flags(p)

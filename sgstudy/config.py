@@ -18,9 +18,12 @@ from sgstudy.errors import ConfigError
 MODELS = ("motifs", "sgtr", "dsg")
 PROTOCOLS = ("predcls", "sgcls", "sgdet")
 PRESETS = ("tiny", "paper")
-# Which relational features the auxiliary branch masks, and what it aligns.
-MASKED_INPUTS = ("edge_input", "edge_context")
-ALIGN_TARGETS = ("representation", "distribution", "both")
+# Which relational features the auxiliary branch masks, in which unit, and what it aligns.
+MASKED_INPUTS = ("pair_context", "edge_input", "edge_context")
+# Features a whole relation can be masked in: one row per relation (object-level ones are not).
+RELATION_MASKABLE = ("pair_context",)
+MASK_UNITS = ("relation", "element")
+ALIGN_TARGETS = ("distribution", "representation", "both")
 # DSG ablations (DSG supplement §2): the full model, the referring-relationship classifier on raw
 # detector features, and "scene graph first, then answer the query from it".
 DSG_VARIANTS = ("dsg", "no-dsg", "two-step")
@@ -34,20 +37,31 @@ OPTIMIZERS = ("sgd", "adamw")
 class AlignConfig:
     """Self-supervised relation alignment (SPEC §4). ``enabled=False`` is the plain model.
 
-    mask_ratio:   p, the Bernoulli probability that a relational feature element is zeroed
+    mask_ratio:   p, the share of relations (``mask_unit="relation"``) or the Bernoulli
+                  probability of each feature element (``"element"``) that is zeroed
     weight:       λ in L = L_sgg + λ · L_align
-    masked_input: "edge_input" masks the input of the edge-context encoder (before message
-                  passing, as in the paper); "edge_context" masks its output
-    target:       "representation" aligns the projected pair representations (squared
-                  distance of unit vectors, 2 - 2 cos), "distribution" the predicate
-                  distributions (KL), "both" sums the two
+    masked_input: the tensor masked: "pair_context" a relation's own input to the predicate
+                  predictor (its subject and object edge contexts); "edge_input" the input of
+                  the edge-context encoder (per object, before message passing); "edge_context"
+                  its output (per object)
+    mask_unit:    "relation" zeroes the whole ``masked_input`` row of a share p of the
+                  relations and aligns those relations only; "element" zeroes single elements
+                  with probability p and aligns every relation (the first implementation)
+    target:       "distribution" aligns the predicate distributions (KL(teacher ‖ student));
+                  "representation" aligns the pair representations (2 - 2 cos of unit
+                  vectors), "both" sums the two
+    projection_head: representation alignment reads the student's representation through
+                  a projection head that the supervised branch never reads; False aligns the
+                  shared classifier input itself (the first implementation, which collapsed it)
     """
 
     enabled: bool = False
     mask_ratio: float = 0.1
     weight: float = 10.0
-    masked_input: str = "edge_input"
-    target: str = "representation"
+    masked_input: str = "pair_context"
+    target: str = "distribution"
+    mask_unit: str = "relation"
+    projection_head: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
@@ -56,6 +70,13 @@ class AlignConfig:
             raise ConfigError(f"align_weight (λ) must be a finite number >= 0, got {self.weight}")
         _check_choice("masked_input", self.masked_input, MASKED_INPUTS)
         _check_choice("align_target", self.target, ALIGN_TARGETS)
+        _check_choice("align_mask_unit", self.mask_unit, MASK_UNITS)
+        if self.mask_unit == "relation" and self.masked_input not in RELATION_MASKABLE:
+            raise ConfigError(
+                f"align_mask_unit relation masks whole relations; masked_input "
+                f"{self.masked_input!r} holds objects, not relations: use "
+                f"{', '.join(RELATION_MASKABLE)} or align_mask_unit element"
+            )
 
 
 @dataclass(frozen=True)
@@ -151,6 +172,11 @@ class RunConfig:
                 weight=float(values.pop("align_weight", AlignConfig.weight)),
                 masked_input=values.pop("masked_input", AlignConfig.masked_input),
                 target=values.pop("align_target", AlignConfig.target),
+                mask_unit=values.pop("align_mask_unit", AlignConfig.mask_unit),
+                projection_head=_as_bool(
+                    "align_projection_head",
+                    values.pop("align_projection_head", AlignConfig.projection_head),
+                ),
             )
             model = ModelConfig(
                 name=values.pop("model", ModelConfig.name),
@@ -204,6 +230,8 @@ class RunConfig:
             "align_weight": a.weight,
             "masked_input": a.masked_input,
             "align_target": a.target,
+            "align_mask_unit": a.mask_unit,
+            "align_projection_head": a.projection_head,
             "dsg_variant": m.dsg.variant,
             "gpi_aggregation": m.dsg.gpi_aggregation,
             "detector_checkpoint": m.detector_checkpoint,
