@@ -184,6 +184,12 @@ def table_sections(
             "Head / body / tail mean recall",
             tables.markdown_table(groups, group_keys) + "\n" + file_links("table_groups", formats),
         ),
+        Section(
+            "Collapse and balance diagnostics",
+            tables.diagnostics_table(
+                tables.summarize(results.runs, order, list(metric_names.DIAGNOSTICS))
+            ),
+        ),
     ]
     return sections, main_md
 

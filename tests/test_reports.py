@@ -67,6 +67,9 @@ def log_trial(client, experiment_id, parent_id, spec, folder: Path) -> str:
     params = {"model": "motifs", "protocol": "predcls", "align": str(align), "mask_ratio": str(p),
               "align_weight": str(lam), "seed": str(seed), "epochs": "2", "lr": "0.02"}  # fmt: skip
     finals = {"mR_50": mr50, "mR_100": mr100, "R_100": 0.6, "tail_mR_100": 0.05, "epoch": 2}
+    finals["pair_rank"] = 40.0 + seed
+    if align:
+        finals["align_grad_ratio"] = 0.5
     # Epoch 1 logs other values: the report must read the last epoch's.
     metrics = [Metric(key, 0.01, 0, 1) for key in finals]
     metrics += [Metric(key, float(value), 0, 2) for key, value in finals.items()]
@@ -356,6 +359,9 @@ def test_write_report_files_index_and_logged_artifacts(store, tmp_path):
     index = outputs.index.read_text()
     assert "![Per-predicate R@100: Align-Motifs (p = 0.05) − Motifs](difference_R100.png)" in index
     assert "| **23.9** |" in index and "run FAILED" in index
+    # Diagnostics per method; the baseline has no alignment gradient.
+    assert "| Motifs | 40.50 ± 0.71 | – | 2 |" in index
+    assert "| Align-Motifs (p = 0.05) | 40.00 | 0.50 | 1 |" in index
     logged = store["client"].list_artifacts(store["p_parent"], "report")
     assert {Path(item.path).name for item in logged} == names
     assert outputs.logged_to == store["p_parent"]
