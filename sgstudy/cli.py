@@ -83,11 +83,12 @@ def cmd_baseline(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- training
 def run_config_from_args(args: argparse.Namespace) -> object:
-    from sgstudy.config import RunConfig
+    from sgstudy.config import FAMILY_PROTOCOLS, RunConfig
 
     flat = {
         "model": args.model,
-        "protocol": args.protocol,
+        # Without --protocol: PredCls, or the one protocol a family runs (SGTR: SGDet).
+        "protocol": args.protocol or FAMILY_PROTOCOLS.get(args.model, ("predcls",))[0],
         "preset": args.preset,
         "align": args.align,
         "mask_ratio": args.mask_ratio,
@@ -230,7 +231,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("train", help="train one relation model, print val metrics")
     p.add_argument("--model", choices=MODELS, default="motifs")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="predcls")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="default predcls (sgdet for sgtr)")
     p.add_argument("--preset", choices=PRESETS, default="tiny")
     p.add_argument("--align", action="store_true", help="add self-supervised relation alignment")
     p.add_argument("--mask-ratio", type=float, default=0.1, help="p, masking ratio (default 0.1)")
