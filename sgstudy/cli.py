@@ -189,7 +189,14 @@ def cmd_train_detector(args: argparse.Namespace) -> None:
 
     data = DataConfig(root=args.data, image_dir=args.image_dir, num_val_images=args.num_val_images)
     result = train_detector(
-        data, args.preset, Path(args.out), args.epochs, args.seed, args.weights, args.device
+        data,
+        args.preset,
+        Path(args.out),
+        args.epochs,
+        args.seed,
+        args.weights,
+        args.device,
+        kind=args.kind,
     )
     print(json.dumps(result, indent=2))
 
@@ -291,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     det = sub.add_parser("train-detector", help="train the object detector on a dataset's boxes")
     add_data_flags(det)
     det.add_argument("--preset", choices=("tiny", "paper"), default="tiny")
+    det.add_argument(
+        "--kind",
+        choices=("faster-rcnn", "detr"),
+        default="faster-rcnn",
+        help="faster-rcnn (Motifs) or detr (SGTR's entity detector)",
+    )
     det.add_argument("--out", required=True)
     det.add_argument("--epochs", type=int, default=10)
     det.add_argument("--seed", type=int, default=0)
