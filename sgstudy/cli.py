@@ -63,20 +63,33 @@ def cmd_data_check(args: argparse.Namespace) -> None:
 def cmd_baseline(args: argparse.Namespace) -> None:
     import torch
 
-    from sgstudy.config import DataConfig, RunConfig
+    from sgstudy.config import DataConfig, ModelConfig, RunConfig
     from sgstudy.data.statistics import compute_statistics
     from sgstudy.engine import evaluate
-    from sgstudy.models.frequency import FrequencyBaseline
+    from sgstudy.errors import ConfigError
+    from sgstudy.models.frequency import DetectionFrequencyBaseline, FrequencyBaseline
     from sgstudy.training import load_split, make_evaluator, make_loader
 
-    config = RunConfig(data=DataConfig(root=args.data, num_val_images=args.num_val_images))
+    if (args.protocol == "sgdet") != (args.detector is not None):
+        raise ConfigError("--detector goes with --protocol sgdet, and sgdet needs --detector")
+    config = RunConfig(
+        model=ModelConfig(protocol=args.protocol),
+        data=DataConfig(root=args.data, num_val_images=args.num_val_images),
+    )
     statistics = compute_statistics(load_split(config, "train"))
     model = FrequencyBaseline.from_statistics(statistics)
+    what = "PredCls"
+    if args.detector is not None:
+        from sgstudy.models.detr import load_detr
+
+        detector = load_detr(args.detector, expected_classes=list(statistics.object_classes))
+        model = DetectionFrequencyBaseline(model, detector)
+        what = f"SGDet on the detections of {args.detector}"
     loader = make_loader(load_split(config, args.split), config)
     result = evaluate(model, loader, make_evaluator(config, statistics), torch.device("cpu"))
     print(
         format_recall_table(
-            result.metrics, f"Frequency baseline, PredCls, {args.split} split ({args.data})"
+            result.metrics, f"Frequency baseline, {what}, {args.split} split ({args.data})"
         )
     )
 
@@ -282,9 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--num-val-images", type=int)
     check.set_defaults(handler=cmd_data_check)
 
-    base = sub.add_parser("baseline", help="evaluate the frequency baseline (PredCls)")
+    base = sub.add_parser("baseline", help="evaluate the frequency baseline (PredCls, SGDet)")
     add_data_flags(base)
     base.add_argument("--split", choices=("val", "test"), default="test")
+    base.add_argument("--protocol", choices=("predcls", "sgdet"), default="predcls")
+    base.add_argument("--detector", help="sgdet: a DETR checkpoint (train-detector --kind detr)")
     base.set_defaults(handler=cmd_baseline)
 
     add_train_parser(sub)
