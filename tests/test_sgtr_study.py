@@ -120,3 +120,20 @@ def test_report_table_and_difference_figure(launch, tmp_path):
         "Align-SGTR",
         "SGTR",
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["run", STUDY], "runs SGDet: pass --detector FILE"),
+        (["run", STUDY, "--detector", "/nonexistent/detr.pt"], "does not exist"),
+        (["train", "--model", "sgtr", "--protocol", "predcls"], "runs the sgdet protocol only"),
+        (["train", "--model", "sgtr", "--protocol", "sgcls"], "runs the sgdet protocol only"),
+    ],
+)
+def test_bad_sgtr_input_is_one_line_and_exit_2(argv, needle, data_root, tmp_path, capsys):
+    out = ["--out", str(tmp_path / "run")] if argv[0] == "train" else []
+    assert main([*argv, "--data", str(data_root), *out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and needle in err
+    assert not (tmp_path / "run").exists()
