@@ -141,7 +141,7 @@ def scene_graph(
     the same predicate and the same entities (or both boxes at IoU > 0.8 with the same labels),
     and the top 300 remain (the caps and the filter follow the switches).
     """
-    num_queries, k = pairs.subjects.shape
+    k = pairs.subjects.shape[1]
     subjects, objects = pairs.subjects.reshape(-1), pairs.objects.reshape(-1)
     pair_score = (pairs.subject_scores * pairs.object_scores).reshape(-1, 1)
     rows = predicate_probs.float().repeat_interleave(k, dim=0) * pair_score  # (Q k, C)
@@ -149,7 +149,7 @@ def scene_graph(
     pair_giou = giou(entities.boxes, entities.boxes)[subjects, objects]
     keep = (subjects != objects) & (pair_giou < SELF_PAIR_GIOU)
     subjects, objects, rows = subjects[keep], objects[keep], rows[keep]
-    best, predicates = rows.max(dim=1) if len(rows) else (rows.new_zeros(0), subjects)
+    best, predicates = rows.max(dim=1)
     order = best.argsort(descending=True, stable=True)
     if output_caps:
         order = order[:PRE_DEDUP_CAP]
