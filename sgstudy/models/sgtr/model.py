@@ -46,6 +46,14 @@ from sgstudy.models.sgtr.settings import SGTR_PRESETS, SgtrSettings
 from sgstudy.structures import SceneGraphPrediction, SceneGraphTarget
 
 STREAMS = ("relation", "subject", "object")
+_UNTIED = "untied projection heads (relation, subject, object) on the last level's states"
+ALIGNED_TEXT = {
+    "representation": f"2 - 2 cos of unit vectors between {_UNTIED} and the teacher's states",
+    "distribution": (
+        f"KL(teacher || student) on predicate and indicator class distributions read through {_UNTIED}"
+    ),
+    "both": f"2 - 2 cos and KL(teacher || student), both through {_UNTIED}",
+}
 
 
 class SgtrModel(nn.Module):
@@ -162,17 +170,7 @@ class SgtrModel(nn.Module):
         """Run parameters: sizes, the tiny simplifications' switches, detector and alignment."""
         s = self.settings
         switches = ", ".join(f"{name} {'on' if on else 'off'}" for name, on in s.switches().items())
-        masked = (
-            "attention weights of every cross-attention block (predicate->image, "
-            "subject->entities, object->entities) at every level, drawn independently, "
-            + (
-                "renormalised over kept keys"
-                if self.renormalise_masked_attention
-                else "not renormalised"
-            )
-        )
-        representation = "last-level relation/subject/object states through untied projection heads"
-        return {
+        described = {
             "sgtr_preset": self.preset,
             "sgtr_sizes": (
                 f"d {s.d_model}, heads {s.heads}, FFN {s.ffn}, dropout {s.dropout}, predicate "
@@ -182,8 +180,21 @@ class SgtrModel(nn.Module):
             ),
             "sgtr_switches": switches,
             "sgtr_detector": self.detector_source,
-            **describe_alignment(self.align, masked, representation),
+            **describe_alignment(self.align, "", ""),
         }
+        if self.align.enabled:
+            # SGTR masks attention matrices, not relational input rows: AlignConfig's
+            # masked_input and mask unit are Motifs' and do not apply here.
+            kept = "renormalised" if self.renormalise_masked_attention else "not renormalised"
+            described["align_masks"] = (
+                f"attention weights of every cross-attention block (predicate->image, "
+                f"subject->entities, object->entities) at every level, each element zeroed with "
+                f"probability p={self.align.mask_ratio}, drawn independently, kept weights {kept}"
+            )
+            described["align_aligns"] = ALIGNED_TEXT[self.align.target] + (
+                ", last level only, query i with query i, teacher detached"
+            )
+        return described
 
 
 def identity_linear(width: int) -> nn.Linear:
