@@ -81,12 +81,13 @@ def write_report(
     compare: two methods for the difference plot, as labels (``Align-Motifs (p = 0.1)``, any
              case) or short forms: ``baseline``, ``align`` (the only aligned method),
              ``p=0.1``, ``lambda=10`` (or ``λ=10``), ``p=0.1,lambda=10``.
-    metrics: main-table columns, ``mR@50`` or ``mR_50`` style; default mR@50, mR@100.
+    metrics: main-table columns, ``mR@50`` or ``mR_50`` style; default mR@50, mR@100
+             (align-sgtr: R@50, R@100, mR@50, mR@100).
     Raises ``UserError`` for an unknown study or method, bad formats or metrics, a
     tracking store that cannot be reached, or an ``out_dir`` that cannot be written.
     """
     formats = check_formats(formats)
-    keys = tables.table_metrics(metrics)
+    keys = tables.table_metrics(metrics, study)
     with quiet_fast_mlflow():
         results = load_study_results(study, tracking_uri)
         pair = choose_pair(results, compare)

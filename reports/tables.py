@@ -27,6 +27,8 @@ from sgstudy import metric_names
 from sgstudy.errors import ConfigError
 
 DEFAULT_METRICS: tuple[str, ...] = ("mR_50", "mR_100")
+# Studies whose paper table has other columns than the supplement's Tables 1-2.
+STUDY_METRICS: dict[str, tuple[str, ...]] = {"align-sgtr": ("R_50", "R_100", "mR_50", "mR_100")}
 GROUP_TABLE_KS: tuple[int, ...] = (50, 100)
 METHOD_HEADER = "Method"
 
@@ -47,13 +49,14 @@ LATEX = Markup(r"\textbf{", "}", r" $\pm$ ", "--", latex=True)
 SIGNIFICANT = "*"
 
 
-def table_metrics(names: list[str] | None) -> list[str]:
-    """Stored keys of the requested columns; accepts ``mR@50`` or ``mR_50``.
+def table_metrics(names: list[str] | None, study: str | None = None) -> list[str]:
+    """Stored keys of the requested columns; accepts ``mR@50`` or ``mR_50``. Without names, the
+    study's default columns (``STUDY_METRICS``, else ``DEFAULT_METRICS``).
 
     Raises ``ConfigError`` naming an unknown metric and listing the valid ones.
     """
     if names is None:
-        return list(DEFAULT_METRICS)
+        return list(STUDY_METRICS.get(study, DEFAULT_METRICS))
     valid = metric_names.all_recall_keys() + metric_names.all_group_keys()
     keys = [metric_names.stored_name(name.strip()) for name in names if name.strip()]
     if not keys:

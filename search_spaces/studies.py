@@ -12,6 +12,7 @@ becomes a run config without translation. This module knows Optuna and nothing o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ TPE_LAMBDA_RANGE = (0.1, 100.0)
 TPE_TRIALS_PER_SEED = 12
 
 MODEL_KEYS = {"model": "motifs", "protocol": "predcls"}
+SGTR_KEYS = {"model": "sgtr", "protocol": "sgdet"}
+FAMILY_LABELS = {"motifs": "Motifs", "sgtr": "SGTR"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class StudySpec:
     grid:        variant name -> the flat config keys it fixes (``None`` for a search study)
     swept:       the flat key the grid varies (``mask_ratio`` or ``align_weight``), if any
     trials_per_seed: for a search study, how many trials each seed gets
+    model_keys:  the model family and protocol every trial runs
     """
 
     name: str
@@ -54,6 +58,12 @@ class StudySpec:
     grid: Mapping[str, Mapping[str, Any]] | None
     swept: str | None = None
     trials_per_seed: int = 0
+    model_keys: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(MODEL_KEYS))
+
+    @property
+    def needs_detector(self) -> bool:
+        """SGDet trials detect their own boxes: the launch must name a trained detector."""
+        return self.model_keys.get("protocol") == "sgdet"
 
     @property
     def is_grid(self) -> bool:
@@ -81,7 +91,7 @@ class StudySpec:
     def space_fn(self, seeds: Sequence[int]) -> SpaceFn:
         seeds = check_seeds(seeds)
         if self.grid is not None:
-            return GridSpace(dict(self.grid), seeds)
+            return GridSpace(dict(self.grid), seeds, dict(self.model_keys))
         return TpeSpace(seeds)
 
     def sampler(self, seeds: Sequence[int], seed: int = 0) -> optuna.samplers.BaseSampler:
@@ -99,7 +109,8 @@ class StudySpec:
 
     def label(self, variant: str) -> str:
         """How a variant reads in a results table: ``Align-Motifs (p=0.05)``."""
-        return "Motifs" if variant == BASELINE else f"Align-Motifs ({variant})"
+        family = FAMILY_LABELS.get(self.model_keys["model"], self.model_keys["model"])
+        return family if variant == BASELINE else f"Align-{family} ({variant})"
 
 
 def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
@@ -162,11 +173,12 @@ class GridSpace:
 
     grid: Mapping[str, Mapping[str, Any]]
     seeds: tuple[int, ...]
+    model_keys: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(MODEL_KEYS))
 
     def __call__(self, trial: optuna.trial.Trial) -> dict[str, Any]:
         variant = trial.suggest_categorical("variant", list(self.grid))
         trial.suggest_categorical("seed", list(self.seeds))
-        return {**self.grid[variant], **MODEL_KEYS}
+        return {**self.grid[variant], **self.model_keys}
 
 
 @dataclass(frozen=True)
@@ -205,6 +217,18 @@ STUDIES: dict[str, StudySpec] = {
         f"{list(TPE_LAMBDA_RANGE)}, PredCls; ASHA early stopping allowed",
         grid=None,
         trials_per_seed=TPE_TRIALS_PER_SEED,
+    ),
+    "align-sgtr": StudySpec(
+        "align-sgtr",
+        f"SGTR vs Align-SGTR (p = {DEFAULT_P:g}, λ = {DEFAULT_LAMBDA:g}), SGDet on a frozen DETR "
+        "(--detector); the supplement's Figure 2",
+        grid={
+            BASELINE: {"align": False, "mask_ratio": DEFAULT_P, "align_weight": DEFAULT_LAMBDA},
+            variant_name("mask_ratio", DEFAULT_P) + ", " + variant_name("align_weight", DEFAULT_LAMBDA): {
+                "align": True, "mask_ratio": DEFAULT_P, "align_weight": DEFAULT_LAMBDA,
+            },
+        },  # fmt: skip
+        model_keys=SGTR_KEYS,
     ),
 }
 

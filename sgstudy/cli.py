@@ -63,31 +63,45 @@ def cmd_data_check(args: argparse.Namespace) -> None:
 def cmd_baseline(args: argparse.Namespace) -> None:
     import torch
 
-    from sgstudy.config import DataConfig, RunConfig
+    from sgstudy.config import DataConfig, ModelConfig, RunConfig
     from sgstudy.data.statistics import compute_statistics
     from sgstudy.engine import evaluate
-    from sgstudy.models.frequency import FrequencyBaseline
+    from sgstudy.errors import ConfigError
+    from sgstudy.models.frequency import DetectionFrequencyBaseline, FrequencyBaseline
     from sgstudy.training import load_split, make_evaluator, make_loader
 
-    config = RunConfig(data=DataConfig(root=args.data, num_val_images=args.num_val_images))
+    if (args.protocol == "sgdet") != (args.detector is not None):
+        raise ConfigError("--detector goes with --protocol sgdet, and sgdet needs --detector")
+    config = RunConfig(
+        model=ModelConfig(protocol=args.protocol),
+        data=DataConfig(root=args.data, num_val_images=args.num_val_images),
+    )
     statistics = compute_statistics(load_split(config, "train"))
     model = FrequencyBaseline.from_statistics(statistics)
+    what = "PredCls"
+    if args.detector is not None:
+        from sgstudy.models.detr import load_detr
+
+        detector = load_detr(args.detector, expected_classes=list(statistics.object_classes))
+        model = DetectionFrequencyBaseline(model, detector)
+        what = f"SGDet on the detections of {args.detector}"
     loader = make_loader(load_split(config, args.split), config)
     result = evaluate(model, loader, make_evaluator(config, statistics), torch.device("cpu"))
     print(
         format_recall_table(
-            result.metrics, f"Frequency baseline, PredCls, {args.split} split ({args.data})"
+            result.metrics, f"Frequency baseline, {what}, {args.split} split ({args.data})"
         )
     )
 
 
 # ---------------------------------------------------------------- training
 def run_config_from_args(args: argparse.Namespace) -> object:
-    from sgstudy.config import RunConfig
+    from sgstudy.config import FAMILY_PROTOCOLS, RunConfig
 
     flat = {
         "model": args.model,
-        "protocol": args.protocol,
+        # Without --protocol: PredCls, or the one protocol a family runs (SGTR: SGDet).
+        "protocol": args.protocol or FAMILY_PROTOCOLS.get(args.model, ("predcls",))[0],
         "preset": args.preset,
         "align": args.align,
         "mask_ratio": args.mask_ratio,
@@ -190,7 +204,14 @@ def cmd_train_detector(args: argparse.Namespace) -> None:
 
     data = DataConfig(root=args.data, image_dir=args.image_dir, num_val_images=args.num_val_images)
     result = train_detector(
-        data, args.preset, Path(args.out), args.epochs, args.seed, args.weights, args.device
+        data,
+        args.preset,
+        Path(args.out),
+        args.epochs,
+        args.seed,
+        args.weights,
+        args.device,
+        kind=args.kind,
     )
     print(json.dumps(result, indent=2))
 
@@ -240,7 +261,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("train", help="train one relation model, print val metrics")
     p.add_argument("--model", choices=MODELS, default="motifs")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="predcls")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="default predcls (sgdet for sgtr)")
     p.add_argument("--preset", choices=PRESETS, default="tiny")
     p.add_argument("--align", action="store_true", help="add self-supervised relation alignment")
     p.add_argument("--mask-ratio", type=float, default=0.1, help="p, masking ratio (default 0.1)")
@@ -295,9 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--num-val-images", type=int)
     check.set_defaults(handler=cmd_data_check)
 
-    base = sub.add_parser("baseline", help="evaluate the frequency baseline (PredCls)")
+    base = sub.add_parser("baseline", help="evaluate the frequency baseline (PredCls, SGDet)")
     add_data_flags(base)
     base.add_argument("--split", choices=("val", "test"), default="test")
+    base.add_argument("--protocol", choices=("predcls", "sgdet"), default="predcls")
+    base.add_argument("--detector", help="sgdet: a DETR checkpoint (train-detector --kind detr)")
     base.set_defaults(handler=cmd_baseline)
 
     add_train_parser(sub)
@@ -311,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     det = sub.add_parser("train-detector", help="train the object detector on a dataset's boxes")
     add_data_flags(det)
     det.add_argument("--preset", choices=("tiny", "paper"), default="tiny")
+    det.add_argument(
+        "--kind",
+        choices=("faster-rcnn", "detr"),
+        default="faster-rcnn",
+        help="faster-rcnn (Motifs) or detr (SGTR's entity detector)",
+    )
     det.add_argument("--out", required=True)
     det.add_argument("--epochs", type=int, default=10)
     det.add_argument("--seed", type=int, default=0)

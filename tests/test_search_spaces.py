@@ -65,7 +65,7 @@ def test_every_sampled_config_is_a_valid_run_config(name):
     for config in sample_all(STUDIES[name], (0, 1), count=6):
         flat = {k: v for k, v in config.items() if k != "variant"}
         run = RunConfig.from_flat(flat)
-        assert run.model.name == "motifs" and run.seed in (0, 1)
+        assert run.model.name == STUDIES[name].model_keys["model"] and run.seed in (0, 1)
 
 
 def test_tpe_stays_in_its_bounds_and_takes_seeds_in_turn():
@@ -113,8 +113,22 @@ def test_bad_seeds_are_config_errors(seeds, needle):
 
 
 def test_unknown_study_names_the_choices():
-    with pytest.raises(ConfigError, match="unknown study 'align-sgtr'.*align-motifs-p"):
-        get_study("align-sgtr")
+    with pytest.raises(ConfigError, match="unknown study 'align-dsg'.*align-motifs-p"):
+        get_study("align-dsg")
+
+
+def test_align_sgtr_grid_is_sgtr_against_align_sgtr_in_sgdet():
+    spec = get_study("align-sgtr")
+    configs = {c["variant"]: c for c in sample_all(spec, (0, 1))}
+    assert len(configs) == 2 and spec.num_samples((0, 1, 2, 3)) == 8
+    assert configs[BASELINE]["align"] is False
+    aligned = configs["p=0.1, λ=10"]
+    assert aligned["align"] is True and aligned["mask_ratio"] == 0.1
+    assert aligned["align_weight"] == 10.0
+    assert {c["model"] for c in configs.values()} == {"sgtr"}
+    assert {c["protocol"] for c in configs.values()} == {"sgdet"}
+    assert spec.needs_detector and not get_study("align-motifs-p").needs_detector
+    assert [spec.label(v) for v in spec.grid] == ["SGTR", "Align-SGTR (p=0.1, λ=10)"]
 
 
 def test_describe_lists_every_study_and_its_variants():
@@ -142,4 +156,4 @@ def test_space_and_sampler_survive_pickle(name):
     sampler = pickle.loads(pickle.dumps(spec.sampler((0, 1))))
     study = optuna.create_study(sampler=sampler, direction="maximize")
     trial = study.ask()
-    assert space(trial)["model"] == "motifs"
+    assert space(trial)["model"] == spec.model_keys["model"]

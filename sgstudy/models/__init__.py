@@ -16,8 +16,12 @@ from torch import nn
 from sgstudy.config import ModelConfig
 from sgstudy.errors import ConfigError
 from sgstudy.models.motifs import build_motifs
+from sgstudy.models.sgtr import build_sgtr
 
-MODEL_BUILDERS: dict[str, Callable[[ModelConfig, object], nn.Module]] = {"motifs": build_motifs}
+MODEL_BUILDERS: dict[str, Callable[[ModelConfig, object], nn.Module]] = {
+    "motifs": build_motifs,
+    "sgtr": build_sgtr,
+}
 
 
 def build_model(config: ModelConfig, statistics) -> nn.Module:
