@@ -53,6 +53,16 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     print(f"synthetic dataset written to {out}")
 
 
+def cmd_data_synth_rr(args: argparse.Namespace) -> None:
+    from sgstudy.data.referring_synth import derive_referring_dataset
+
+    counts = derive_referring_dataset(Path(args.source), Path(args.out), args.image_dir)
+    print(
+        f"referring-relationship dataset written to {args.out}: {counts['train_images']} train "
+        f"and {counts['test_images']} test images, {counts['relations']} relations"
+    )
+
+
 def cmd_data_check(args: argparse.Namespace) -> None:
     from sgstudy.data.check import check_dataset
 
@@ -268,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image-size", type=int, default=128)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(handler=cmd_data_synth)
+    synth_rr = data_sub.add_parser(
+        "synth-rr", help="derive a referring-relationship dataset from a VG150-format one"
+    )
+    synth_rr.add_argument("--from", dest="source", required=True, help="VG150-format dataset")
+    synth_rr.add_argument("--out", required=True, help="new folder for the derived dataset")
+    synth_rr.add_argument("--image-dir", help="the source's image folder (default: FROM/VG_100K)")
+    synth_rr.set_defaults(handler=cmd_data_synth_rr)
     check = data_sub.add_parser("check", help="validate a dataset and print a summary")
     check.add_argument("root")
     check.add_argument("--image-dir")
