@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 
 from sgstudy.errors import ConfigError
+from sgstudy.tasks import REFERRING, SCENE_GRAPH
 
 # A define-by-run space: takes an Optuna trial, suggests, returns the constant keys.
 SpaceFn = Callable[[optuna.trial.Trial], dict[str, Any]]
@@ -47,6 +48,9 @@ class StudySpec:
     grid:        variant name -> the flat config keys it fixes (``None`` for a search study)
     swept:       the flat key the grid varies (``mask_ratio`` or ``align_weight``), if any
     trials_per_seed: for a search study, how many trials each seed gets
+    task:        the ``sgstudy.tasks`` task: which metric the study optimises and reports
+    model_keys:  the flat keys every trial shares (model family, protocol)
+    labels:      variant -> how it reads in a results table; ``None`` for the Align labels
     """
 
     name: str
@@ -54,6 +58,9 @@ class StudySpec:
     grid: Mapping[str, Mapping[str, Any]] | None
     swept: str | None = None
     trials_per_seed: int = 0
+    task: str = SCENE_GRAPH
+    model_keys: Mapping[str, Any] = field(default_factory=lambda: dict(MODEL_KEYS))
+    labels: Mapping[str, str] | None = None
 
     @property
     def is_grid(self) -> bool:
@@ -81,7 +88,7 @@ class StudySpec:
     def space_fn(self, seeds: Sequence[int]) -> SpaceFn:
         seeds = check_seeds(seeds)
         if self.grid is not None:
-            return GridSpace(dict(self.grid), seeds)
+            return GridSpace(dict(self.grid), seeds, dict(self.model_keys))
         return TpeSpace(seeds)
 
     def sampler(self, seeds: Sequence[int], seed: int = 0) -> optuna.samplers.BaseSampler:
@@ -99,6 +106,8 @@ class StudySpec:
 
     def label(self, variant: str) -> str:
         """How a variant reads in a results table: ``Align-Motifs (p=0.05)``."""
+        if self.labels is not None:
+            return self.labels.get(variant, variant)
         return "Motifs" if variant == BASELINE else f"Align-Motifs ({variant})"
 
 
@@ -162,11 +171,12 @@ class GridSpace:
 
     grid: Mapping[str, Mapping[str, Any]]
     seeds: tuple[int, ...]
+    model_keys: Mapping[str, Any] = field(default_factory=lambda: dict(MODEL_KEYS))
 
     def __call__(self, trial: optuna.trial.Trial) -> dict[str, Any]:
         variant = trial.suggest_categorical("variant", list(self.grid))
         trial.suggest_categorical("seed", list(self.seeds))
-        return {**self.grid[variant], **MODEL_KEYS}
+        return {**self.grid[variant], **self.model_keys}
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,24 @@ class TpeSpace:
         variant = f"p={p:.3g}, λ={weight:.3g}"
         return {"align": True, "seed": seed, "variant": variant, **MODEL_KEYS}
 
+
+# DSG (Raboh et al., WACV 2020) for referring relationships: the full model, its two ablations
+# (supplement §2) and the GPI aggregation variants of the DSG generator.
+DSG_MODEL_KEYS = {"model": "dsg"}
+DSG_GRID: dict[str, dict[str, Any]] = {
+    "dsg": {"dsg_variant": "dsg", "gpi_aggregation": "feature-attention"},
+    "gpi=scalar-attention": {"dsg_variant": "dsg", "gpi_aggregation": "scalar-attention"},
+    "gpi=sum": {"dsg_variant": "dsg", "gpi_aggregation": "sum"},
+    "no-dsg": {"dsg_variant": "no-dsg", "gpi_aggregation": "feature-attention"},
+    "two-step": {"dsg_variant": "two-step", "gpi_aggregation": "feature-attention"},
+}
+DSG_LABELS = {
+    "dsg": "DSG",
+    "gpi=scalar-attention": "DSG (scalar attention)",
+    "gpi=sum": "DSG (sum)",
+    "no-dsg": "no-DSG",
+    "two-step": "Two-step",
+}
 
 STUDIES: dict[str, StudySpec] = {
     "align-motifs-p": _grid_spec(
@@ -205,6 +233,15 @@ STUDIES: dict[str, StudySpec] = {
         f"{list(TPE_LAMBDA_RANGE)}, PredCls; ASHA early stopping allowed",
         grid=None,
         trials_per_seed=TPE_TRIALS_PER_SEED,
+    ),
+    "dsg-ablation": StudySpec(
+        "dsg-ablation",
+        "DSG vs no-DSG and Two-step, and the GPI aggregations (feature attention, scalar "
+        "attention, sum), referring relationships (DSG supplement §1-2)",
+        DSG_GRID,
+        task=REFERRING,
+        model_keys=DSG_MODEL_KEYS,
+        labels=DSG_LABELS,
     ),
 }
 

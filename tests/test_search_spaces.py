@@ -65,7 +65,7 @@ def test_every_sampled_config_is_a_valid_run_config(name):
     for config in sample_all(STUDIES[name], (0, 1), count=6):
         flat = {k: v for k, v in config.items() if k != "variant"}
         run = RunConfig.from_flat(flat)
-        assert run.model.name == "motifs" and run.seed in (0, 1)
+        assert run.model.name == STUDIES[name].model_keys["model"] and run.seed in (0, 1)
 
 
 def test_tpe_stays_in_its_bounds_and_takes_seeds_in_turn():
@@ -142,4 +142,4 @@ def test_space_and_sampler_survive_pickle(name):
     sampler = pickle.loads(pickle.dumps(spec.sampler((0, 1))))
     study = optuna.create_study(sampler=sampler, direction="maximize")
     trial = study.ask()
-    assert space(trial)["model"] == "motifs"
+    assert space(trial)["model"] == spec.model_keys["model"]

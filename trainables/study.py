@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sgstudy.errors import UserError
-from sgstudy.metric_names import PRIMARY_METRIC, display_name
+from sgstudy.metric_names import display_name
+from sgstudy.tasks import SCENE_GRAPH, TASKS
 from trainables.plan import (
     StudyOptions,
     StudyPlan,
@@ -25,7 +26,8 @@ from trainables.plan import (
 )
 from trainables.trial import EPOCH_KEY, VARIANT_KEY, TrialSettings, train_scene_graph
 
-TABLE_METRICS = ("mR_50", "mR_100", "R_50", "R_100")
+# The scene-graph studies' columns; a study of another task shows that task's table metrics.
+TABLE_METRICS = TASKS[SCENE_GRAPH].table_metrics
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ def run_planned(plan: StudyPlan) -> StudyOutcome:
         tracking.KILLED if interrupted else (tracking.FINISHED if complete else tracking.FAILED)
     )
     tracking.end_run(client, parent_run_id, status)
-    table = format_table(plan.spec.name, rows, plan.epochs)
+    table = format_table(plan.spec.name, rows, plan.epochs, table_metrics(plan))
     print(table)
     if interrupted:
         print(f"interrupted: finish this launch with the same command and --resume ({plan.launch})")
@@ -208,7 +210,7 @@ def build_searcher(plan: StudyPlan) -> Any:
 
     return ResumableOptunaSearch(
         plan.spec.space_fn(plan.seeds),
-        metric=PRIMARY_METRIC,
+        metric=TASKS[plan.spec.task].primary_metric,
         mode="max",
         sampler=plan.spec.sampler(plan.seeds),
         # One Optuna study per launch: a grid sampler would skip points an older launch ran.
@@ -224,7 +226,7 @@ def build_scheduler(plan: StudyPlan) -> Any:
 
     return ASHAScheduler(
         time_attr="training_iteration",  # one report per epoch
-        metric=PRIMARY_METRIC,
+        metric=TASKS[plan.spec.task].primary_metric,
         mode="max",
         max_t=plan.epochs,
         grace_period=1,
@@ -232,8 +234,13 @@ def build_scheduler(plan: StudyPlan) -> Any:
 
 
 # ---------------------------------------------------------------- results
+def table_metrics(plan: StudyPlan) -> tuple[str, ...]:
+    return TASKS[plan.spec.task].table_metrics
+
+
 def result_rows(plan: StudyPlan, results: Any) -> list[TrialRow]:
     order = list(plan.spec.grid) if plan.spec.grid else []
+    keys = table_metrics(plan)
     rows = []
     for result in results:
         config, metrics = result.config or {}, result.metrics or {}
@@ -245,7 +252,7 @@ def result_rows(plan: StudyPlan, results: Any) -> list[TrialRow]:
                 seed=int(config.get("seed", -1)),
                 epochs_done=int(metrics.get(EPOCH_KEY, 0)),
                 failed=result.error is not None,
-                metrics={k: float(metrics[k]) for k in TABLE_METRICS if k in metrics},
+                metrics={k: float(metrics[k]) for k in keys if k in metrics},
             )
         )
     rank = {variant: i for i, variant in enumerate(order)}
@@ -253,16 +260,19 @@ def result_rows(plan: StudyPlan, results: Any) -> list[TrialRow]:
     return rows
 
 
-def format_table(study: str, rows: list[TrialRow], epochs: int) -> str:
-    """Method, seed and the val recalls in percent; trials that did not finish say why."""
+def format_table(
+    study: str, rows: list[TrialRow], epochs: int, metrics: tuple[str, ...] = TABLE_METRICS
+) -> str:
+    """Method, seed and the val ``metrics`` in percent; trials that did not finish say why."""
+    width = max([8, *(len(display_name(k)) + 1 for k in metrics)])
     header = f"{'method':30s} {'seed':>4s}" + "".join(
-        f"{display_name(k):>8s}" for k in TABLE_METRICS
+        f"{display_name(k):>{width}s}" for k in metrics
     )
     lines = [f"\n{study}: validation results", header, "-" * len(header)]
     for row in rows:
         cells = "".join(
-            f"{100 * row.metrics[k]:8.1f}" if k in row.metrics else f"{'-':>8s}"
-            for k in TABLE_METRICS
+            f"{100 * row.metrics[k]:{width}.1f}" if k in row.metrics else f"{'-':>{width}s}"
+            for k in metrics
         )
         note = ""
         if row.failed:
