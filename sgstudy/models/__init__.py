@@ -15,9 +15,13 @@ from torch import nn
 
 from sgstudy.config import ModelConfig
 from sgstudy.errors import ConfigError
+from sgstudy.models.dsg import build_dsg
 from sgstudy.models.motifs import build_motifs
 
-MODEL_BUILDERS: dict[str, Callable[[ModelConfig, object], nn.Module]] = {"motifs": build_motifs}
+MODEL_BUILDERS: dict[str, Callable[[ModelConfig, object], nn.Module]] = {
+    "motifs": build_motifs,
+    "dsg": build_dsg,
+}
 
 
 def build_model(config: ModelConfig, statistics) -> nn.Module:
