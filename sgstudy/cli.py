@@ -169,6 +169,8 @@ def run_config_from_args(args: argparse.Namespace) -> object:
         "align_weight": args.align_weight,
         "masked_input": args.masked_input,
         "align_target": args.align_target,
+        "dsg_variant": args.dsg_variant,
+        "gpi_aggregation": args.gpi_aggregation,
         "detector_checkpoint": args.detector,
         "backbone_weights": args.backbone_weights,
         "data_root": args.data,
@@ -263,6 +265,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(format_task_metrics(session.task, result.metrics, title))
 
 
+def cmd_complexity(args: argparse.Namespace) -> None:
+    from sgstudy.models.dsg.complexity import complexity_table, format_complexity_table
+
+    if args.num_entities < 1:
+        raise UserError(f"--num-entities must be >= 1, got {args.num_entities}")
+    rows = complexity_table(args.preset, args.num_entities)
+    print(f"DSG supplement Table 1, measured ({args.preset} preset)\n")
+    print(format_complexity_table(rows))
+
+
 def cmd_train_detector(args: argparse.Namespace) -> None:
     from sgstudy.config import DataConfig
     from sgstudy.detector_training import train_detector
@@ -307,7 +319,15 @@ def add_data_flags(parser: argparse.ArgumentParser, required: bool = True) -> No
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
-    from sgstudy.config import ALIGN_TARGETS, MASKED_INPUTS, MODELS, PRESETS, PROTOCOLS
+    from sgstudy.config import (
+        ALIGN_TARGETS,
+        DSG_VARIANTS,
+        GPI_AGGREGATIONS,
+        MASKED_INPUTS,
+        MODELS,
+        PRESETS,
+        PROTOCOLS,
+    )
 
     p = subparsers.add_parser("train", help="train one relation model, print val metrics")
     p.add_argument("--model", choices=MODELS, default="motifs")
@@ -318,6 +338,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--align-weight", type=float, default=10.0, help="λ, loss weight (default 10)")
     p.add_argument("--masked-input", choices=MASKED_INPUTS, default="edge_input")
     p.add_argument("--align-target", choices=ALIGN_TARGETS, default="representation")
+    p.add_argument("--dsg-variant", choices=DSG_VARIANTS, default="dsg", help="DSG ablation")
+    p.add_argument("--gpi-aggregation", choices=GPI_AGGREGATIONS, default="feature-attention")
     p.add_argument("--detector", help="detector checkpoint from train-detector (needed for sgdet)")
     p.add_argument("--backbone-weights", help="local backbone weights file")
     add_data_flags(p)
@@ -379,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     base.set_defaults(handler=cmd_baseline)
 
     add_train_parser(sub)
+    complexity = sub.add_parser(
+        "complexity", help="DSG supplement Table 1: parameters and operations, measured"
+    )
+    complexity.add_argument("--model", choices=("dsg",), default="dsg")
+    complexity.add_argument("--preset", choices=("tiny", "paper"), default="paper")
+    complexity.add_argument("--num-entities", type=int, default=32, help="n (default 32)")
+    complexity.set_defaults(handler=cmd_complexity)
 
     ev = sub.add_parser("evaluate", help="re-evaluate a trained run's checkpoint")
     ev.add_argument("run_dir")

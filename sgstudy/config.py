@@ -28,6 +28,12 @@ DSG_VARIANTS = ("dsg", "no-dsg", "two-step")
 # weight per neighbour, or a plain sum (GPI as in Herzig et al.).
 GPI_AGGREGATIONS = ("feature-attention", "scalar-attention", "sum")
 OPTIMIZERS = ("sgd", "adamw")
+# Training defaults where a model family's paper differs from OptimConfig's (the Motifs setting,
+# SPEC §3); a value given explicitly always wins.
+MODEL_OPTIM_DEFAULTS: dict[str, dict[str, Any]] = {
+    # DSG (SPEC §6): SGD with momentum 0.9, lr 1e-3, one image per batch, 20 epochs (VG, CLEVR).
+    "dsg": {"lr": 1e-3, "batch_size": 1, "epochs": 20},
+}
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,8 @@ class RunConfig:
                 detector_checkpoint=values.pop("detector_checkpoint", None),
                 backbone_weights=values.pop("backbone_weights", None),
             )
+            for key, value in MODEL_OPTIM_DEFAULTS.get(model.name, {}).items():
+                values.setdefault(key, value)
             optim_defaults = OptimConfig()
             optim = OptimConfig(
                 **{

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sgstudy.config import GPI_AGGREGATIONS, DsgConfig, ModelConfig
-from sgstudy.data.dataset import SceneGraphDataset
-from sgstudy.data.statistics import compute_statistics
+from sgstudy.data.referring import ReferringDataset, compute_referring_statistics
+from sgstudy.data.referring_synth import derive_referring_dataset
 from sgstudy.errors import ConfigError
 from sgstudy.models import build_model
 from sgstudy.models.dsg.gpi import Aggregation, GpiStep
@@ -26,36 +26,23 @@ from sgstudy.models.dsg.targets import (
     relation_labels,
     role_labels,
 )
-from sgstudy.structures import ReferringPrediction, ReferringTarget, SceneGraphTarget
+from sgstudy.structures import ReferringPrediction, ReferringTarget
 
 VARIANTS = [("dsg", a) for a in GPI_AGGREGATIONS] + [("no-dsg", "sum"), ("two-step", "sum")]
 
 
-def first_query(target: SceneGraphTarget) -> ReferringTarget:
-    """The query of the image's first relation, with every subject and object that matches it."""
-    subject, object_, predicate = (int(v) for v in target.relations[0])
-    query = torch.tensor([int(target.labels[subject]), predicate, int(target.labels[object_])])
-    rel = target.relations
-    matching = (
-        (target.labels[rel[:, 0]] == query[0])
-        & (rel[:, 2] == query[1])
-        & (target.labels[rel[:, 1]] == query[2])
-    )
-    return ReferringTarget(
-        target.image_id, target.image_size, target.boxes, target.labels, rel, query,
-        rel[matching, 0].unique(), rel[matching, 1].unique(),
-    )  # fmt: skip
+@pytest.fixture(scope="module")
+def referring_root(synthetic_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("referring") / "rr"
+    derive_referring_dataset(synthetic_root, out, None)
+    return out
 
 
 @pytest.fixture(scope="module")
-def batch_and_statistics(synthetic_root):
-    train = SceneGraphDataset(synthetic_root, "train")
-    items = [train[i] for i in range(1)]
-    return (
-        [image for image, _ in items],
-        [first_query(t) for _, t in items],
-        compute_statistics(train),
-    )
+def batch_and_statistics(referring_root):
+    train = ReferringDataset(referring_root, "train")
+    image, target = train[0]
+    return [image], [target], compute_referring_statistics(train)
 
 
 @pytest.mark.parametrize(("variant", "aggregation"), VARIANTS)

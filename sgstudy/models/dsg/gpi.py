@@ -16,12 +16,11 @@ The weights w, v depend on ``aggregation``:
 - ``scalar-attention``: one weight per neighbour (an MLP to 1 output), the same softmaxes.
 - ``sum``: w = v = 1, the plain sums of Eq. 1.
 
-Every MLP has two layers with ``hidden`` (512) units before its output (supplement: "two fully
-connected layers with 512 hidden units"), so phi, alpha, rho and the feature-attention networks
-are hidden -> hidden -> out. Differences from the public code, where we follow the supplement:
-its hidden layers are 516 wide; its neighbour sum runs over every j, the entity itself included
-(Eq. 1 has j != i); its plain-sum variant divides by a constant 64; its scalar attention has one
-hidden layer. Steps are permutation-equivariant in the entities (z'_i, logits) and g invariant.
+phi, alpha, rho and the attention networks are "two fully-connected layers with 512 hidden
+units" (supplement): in -> hidden -> out. Differences from the public code, where we follow the
+supplement: its networks have two hidden layers of 516 units before the output layer; its
+neighbour sum runs over every j, the entity itself included (Eq. 1 has j != i); its plain-sum
+variant divides by a constant 64. Steps are permutation-equivariant in the entities (z'_i, logits) and g invariant.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 
-def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2) -> nn.Sequential:
+def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 1) -> nn.Sequential:
     """``layers`` hidden FC + ReLU of width ``hidden``, then a linear output."""
     modules: list[nn.Module] = []
     width = in_dim

@@ -29,7 +29,7 @@ class ReferringClassifier(nn.Module):
 
     def __init__(self, node_dim: int, query_dim: int, hidden: int) -> None:
         super().__init__()
-        self.layers = mlp(node_dim + query_dim, hidden, NUM_ROLES)
+        self.layers = mlp(node_dim + query_dim, hidden, NUM_ROLES, layers=2)
 
     def forward(self, nodes: Tensor, query: Tensor) -> Tensor:
         return self.layers(torch.cat([nodes, query.to(nodes.dtype).expand(len(nodes), -1)], 1))

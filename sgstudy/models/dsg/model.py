@@ -278,7 +278,7 @@ class DsgModel(nn.Module):
             "dsg_variant": self.dsg.variant,
             "dsg_gpi_aggregation": self.dsg.gpi_aggregation,
             "dsg_widths": (
-                f"region features {w.feature}+4, phi/alpha/rho hidden {w.hidden} x 2, outputs "
+                f"region features {w.feature}+4, phi/alpha/rho/attention hidden {w.hidden}, outputs "
                 f"{w.phi_out}/{w.alpha_out}/{w.rho_out}, RRC hidden {w.rrc_hidden} x 2"
             ),
             "dsg_detector": (

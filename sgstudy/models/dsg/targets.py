@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from sgstudy.evaluation.referring_eval import ROLES
 from sgstudy.models.motifs.sampling import relation_matrix
 from sgstudy.structures import ReferringTarget
 
@@ -23,8 +24,10 @@ FOREGROUND_IOU = 0.5
 BACKGROUND_IOU = 0.3
 IGNORE = -1
 # Roles of a box for a query, the columns of ReferringPrediction.role_scores.
-BACKGROUND, SUBJECT, OBJECT, OTHER = 0, 1, 2, 3
-NUM_ROLES = 4
+BACKGROUND, SUBJECT, OBJECT, OTHER = (
+    ROLES.index(r) for r in ("background", "subject", "object", "other")
+)
+NUM_ROLES = len(ROLES)
 # torchvision's bound on exp(dw), exp(dh) for a stable decoding.
 MAX_LOG_SCALE = math.log(1000.0 / 16)
 
