@@ -9,6 +9,8 @@ Files in ``out_dir`` (tables in each requested format of md, tex, csv):
   the aligned method with the best mean mR@100 and B the baseline of its family);
 - ``per_predicate_R100_<method>.png/.svg``: per-predicate R@100 of A and of B;
 - ``sensitivity_p.png/.svg``, ``sensitivity_lambda.png/.svg``: for each swept parameter;
+- ``complexity.md``: for a referring-relationship study, the DSG supplement's Table 1 as the
+  study driver measured it at launch;
 - ``runs.csv`` (every finished run and its final metrics), ``excluded.csv`` (with reasons);
 - ``index.md``, which embeds the tables and links the figures by relative path.
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +38,7 @@ from reports.results import (
 from sgstudy import metric_names
 from sgstudy.errors import ConfigError, UserError
 from sgstudy.tasks import REFERRING, task_of
-from sgstudy.tracking_layout import REPORT_ARTIFACT_DIR
+from sgstudy.tracking_layout import COMPLEXITY_ARTIFACT, REPORT_ARTIFACT_DIR
 
 TABLE_FORMATS = ("md", "tex", "csv")
 DIFFERENCE_K = 100
@@ -103,6 +106,8 @@ def write_report(
         )
         sections += difference_sections(results, pair, compare is not None, out_dir, written)
         sections += sensitivity_sections(results, out_dir, written)
+        if referring:
+            sections += complexity_sections(results, out_dir, written)
         sections += info_sections(results)
         written += write_run_lists(results, out_dir)
         parent = results.latest_parent_run_id if log_to_mlflow else None
@@ -247,6 +252,34 @@ def sensitivity_sections(
         alt = f"mR@50 and mR@100 against {'p' if param == 'p' else 'λ'}"
         body += figure_markdown(fig, out_dir / f"sensitivity_{param}", written, alt)
     return [Section("Sensitivity", body)]
+
+
+def complexity_sections(results: StudyResults, out_dir: Path, written: list[Path]) -> list[Section]:
+    """The DSG supplement's Table 1 as the study driver measured it (its parent run's
+    ``COMPLEXITY_ARTIFACT``), copied into ``out_dir``; a note when no launch logged it."""
+    title = "Complexity (DSG supplement Table 1)"
+    text = parent_artifact_text(results, COMPLEXITY_ARTIFACT)
+    if text is None:
+        return [Section(title, "No launch of this study logged the complexity table.")]
+    path = out_dir / COMPLEXITY_ARTIFACT
+    path.write_text(text)
+    written.append(path)
+    return [Section(title, text)]
+
+
+def parent_artifact_text(results: StudyResults, name: str) -> str | None:
+    """The text artifact ``name`` of the study's latest parent run, or None."""
+    from mlflow.exceptions import MlflowException
+
+    if results.latest_parent_run_id is None:
+        return None
+    with tracking_errors(results.tracking_uri), tempfile.TemporaryDirectory() as tmp:
+        client = make_client(results.tracking_uri)
+        try:
+            path = client.download_artifacts(results.latest_parent_run_id, name, tmp)
+        except (MlflowException, OSError):
+            return None
+        return Path(path).read_text()
 
 
 def figure_markdown(fig: object, stem: Path, written: list[Path], alt: str) -> str:

@@ -107,3 +107,8 @@ def test_report_renders_the_iou_table_in_every_format(dsg_study, tmp_path):
     ]  # fmt: skip
     assert (out / "table_main.tex").is_file() and (out / "table_main.csv").is_file()
     assert not (out / "table_groups.md").exists()
+    # The DSG supplement's Table 1, measured by the driver at launch, comes with the report.
+    complexity = (out / "complexity.md").read_text()
+    assert "`paper` preset" in complexity and "`tiny` preset" in complexity
+    assert "| DSG generator | n = 32 entities" in complexity
+    assert "## Complexity (DSG supplement Table 1)" in (out / "index.md").read_text()

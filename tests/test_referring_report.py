@@ -11,7 +11,13 @@ from mlflow.tracking import MlflowClient
 
 from reports.report import write_report
 from reports.results import exclusion_reason
-from sgstudy.tracking_layout import PARENT_TAG, ROLE_STUDY, ROLE_TAG, ROLE_TRIAL
+from sgstudy.tracking_layout import (
+    COMPLEXITY_ARTIFACT,
+    PARENT_TAG,
+    ROLE_STUDY,
+    ROLE_TAG,
+    ROLE_TRIAL,
+)
 
 STUDY = "dsg-ablation"
 # (dsg_variant, gpi_aggregation, seed, subject IoU, object IoU, mean IoU), logged in an order
@@ -49,9 +55,11 @@ def store(tmp_path_factory):
             params=[Param(k, v) for k, v in params.items()],
         )
         client.set_terminated(run.info.run_id, "FINISHED")
+    client.log_text(parent.info.run_id, COMPLEXITY, COMPLEXITY_ARTIFACT)
     return uri, parent.info.run_id
 
 
+COMPLEXITY = "| component | trainable parameters |\n| --- | ---: |\n| DSG generator | 5.25 M |\n"
 EXPECTED_MARKDOWN = """\
 | Method | subject IoU | object IoU | mean IoU | n |
 |:---|---:|---:|---:|---:|
@@ -84,6 +92,10 @@ def test_dsg_ablation_table_in_every_format(store, tmp_path):
     assert set(runs["dsg_variant"]) == {"dsg", "no-dsg", "two-step"}
     index = (tmp_path / "out" / "index.md").read_text()
     assert "## Results (subject IoU, object IoU, mean IoU)" in index
+    # The launch's complexity table (logged by the study driver) is rendered and logged again.
+    assert f"## Complexity (DSG supplement Table 1)\n\n{COMPLEXITY}" in index
+    assert (tmp_path / "out" / COMPLEXITY_ARTIFACT).read_text() == COMPLEXITY
+    assert tmp_path / "out" / COMPLEXITY_ARTIFACT in outputs.files
 
 
 def test_chosen_columns_and_exclusion_of_a_run_without_iou(store, tmp_path):
