@@ -112,3 +112,24 @@ def test_report_renders_the_iou_table_in_every_format(dsg_study, tmp_path):
     assert "`paper` preset" in complexity and "`tiny` preset" in complexity
     assert "| DSG generator | n = 32 entities" in complexity
     assert "## Complexity (DSG supplement Table 1)" in (out / "index.md").read_text()
+
+
+def test_a_study_refuses_a_dataset_of_the_other_task(synthetic_root_factory, tmp_path, capsys):
+    """dsg-ablation on VG150 files, or a Motifs study on referring-relationship files: one
+    error line, exit 2, and nothing written (no MLflow store, no Ray state)."""
+    from sgstudy.cli import main
+
+    scene_graphs = synthetic_root_factory(40, 64, 0)
+    referring = tmp_path / "rr"
+    derive_referring_dataset(scene_graphs, referring)
+    store = tmp_path / "mlflow.db"
+    for study, data, needle in (
+        (STUDY, scene_graphs, "needs a referring-relationship dataset (derive one with"),
+        ("align-motifs-p", referring, "needs a VG150 dataset"),
+    ):
+        argv = ["run", study, "--data", str(data), "--tracking-uri", f"sqlite:///{store}",
+                "--storage-path", str(tmp_path / "ray_results")]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert not store.exists() and not (tmp_path / "ray_results").exists()

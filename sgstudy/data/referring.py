@@ -100,7 +100,8 @@ class ReferringDataset(Dataset):
         row = int(q.image[index])
         image = load_image(self.image_path(row))
         height, width = image.shape[1:]
-        boxes = a.boxes[a.box_start[row] : a.box_start[row] + a.box_count[row]]
+        entities = slice(a.box_start[row], a.box_start[row] + a.box_count[row])
+        boxes = a.boxes[entities]
         if (width, height) != (a.widths[row], a.heights[row]):
             # The annotation is relative to the image; follow the file's actual size.
             boxes = boxes * np.array([width / a.widths[row], height / a.heights[row]] * 2)
@@ -109,17 +110,17 @@ class ReferringDataset(Dataset):
             image_id=int(a.image_ids[row]),
             image_size=(int(height), int(width)),
             boxes=torch.from_numpy(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
-            labels=torch.from_numpy(a.labels[a.box_start[row] : a.box_start[row] + a.box_count[row]].copy()),
+            labels=torch.from_numpy(a.labels[entities].copy()),
             relations=torch.from_numpy(relations.copy()),
             query=torch.from_numpy(q.queries[index].copy()),
-            subject_indices=torch.from_numpy(_members(q.subjects, q.subject_start, q.subject_count, index)),
-            object_indices=torch.from_numpy(_members(q.objects, q.object_start, q.object_count, index)),
-        )  # fmt: skip
+            subject_indices=_members(q.subjects, q.subject_start, q.subject_count, index),
+            object_indices=_members(q.objects, q.object_start, q.object_count, index),
+        )
         return image, target
 
 
-def _members(flat: np.ndarray, start: np.ndarray, count: np.ndarray, index: int) -> np.ndarray:
-    return flat[start[index] : start[index] + count[index]].copy()
+def _members(flat: np.ndarray, start: np.ndarray, count: np.ndarray, index: int) -> Tensor:
+    return torch.from_numpy(flat[start[index] : start[index] + count[index]].copy())
 
 
 def split_image_rows(num_images: int, split: str) -> np.ndarray:
