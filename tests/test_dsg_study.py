@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_study import SGSTUDY, optuna_trials, read_study, run_to_end, sgstudy_run
+from test_study import optuna_trials, read_study, run_to_end, sgstudy_run
 
 from search_spaces.studies import DSG_GRID, DSG_LABELS
 from sgstudy.data.referring_synth import derive_referring_dataset
@@ -83,23 +83,14 @@ def test_every_variant_trains_once_and_logs_the_referring_metrics(dsg_study):
 
 
 def test_report_renders_the_iou_table_in_every_format(dsg_study, tmp_path):
+    """``sgstudy report dsg-ablation`` on the launch's store (in this process, as the CLI
+    calls it)."""
+    from reports.report import write_report
+
     workdir, _ = dsg_study
     out = tmp_path / "report"
-    done = run_to_end(
-        [
-            SGSTUDY,
-            "report",
-            STUDY,
-            "--tracking-uri",
-            f"sqlite:///{workdir / 'mlflow.db'}",
-            "--out",
-            out,
-        ],  # fmt: skip
-        cwd=workdir,
-        logs=tmp_path / "logs",
-        timeout_s=120,
-    )
-    assert done.proc.returncode == 0, done.tail()
+    outputs = write_report(STUDY, f"sqlite:///{workdir / 'mlflow.db'}", out)
+    assert outputs.logged_to is not None
     table = (out / "table_main.md").read_text().splitlines()
     assert table[0] == "| Method | subject IoU | object IoU | mean IoU |"
     assert [row.split(" | ")[0].lstrip("| ") for row in table[2:]] == [
