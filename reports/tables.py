@@ -10,7 +10,8 @@ its difference to the baseline of its family with Welch's 95% interval, marked `
 interval excludes 0. Bold: in a column where every row has n ≥ 2, every method whose 95%
 interval of the mean overlaps the best mean's interval (the methods the data cannot rank below
 the best); otherwise every row that prints the maximum (ties included), and the legend says
-that no significance can be given. All table metrics are recalls: higher is better.
+that no significance can be given. All table metrics (recalls, referring-relationship IoUs)
+are higher-is-better.
 Markdown, LaTeX (booktabs) and CSV (raw fractions, full precision) render the same summary.
 """
 
@@ -57,7 +58,11 @@ def table_metrics(names: list[str] | None, study: str | None = None) -> list[str
     """
     if names is None:
         return list(STUDY_METRICS.get(study, DEFAULT_METRICS))
-    valid = metric_names.all_recall_keys() + metric_names.all_group_keys()
+    valid = [
+        *metric_names.all_recall_keys(),
+        *metric_names.all_group_keys(),
+        *metric_names.REFERRING_METRICS,
+    ]
     keys = [metric_names.stored_name(name.strip()) for name in names if name.strip()]
     if not keys:
         raise ConfigError("--metrics names no metric; e.g. mR@50,mR@100")

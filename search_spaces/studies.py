@@ -12,15 +12,15 @@ becomes a run config without translation. This module knows Optuna and nothing o
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 
 from sgstudy.errors import ConfigError
+from sgstudy.tasks import REFERRING, SCENE_GRAPH, dsg_label
 
 # A define-by-run space: takes an Optuna trial, suggests, returns the constant keys.
 SpaceFn = Callable[[optuna.trial.Trial], dict[str, Any]]
@@ -50,7 +50,9 @@ class StudySpec:
     grid:        variant name -> the flat config keys it fixes (``None`` for a search study)
     swept:       the flat key the grid varies (``mask_ratio`` or ``align_weight``), if any
     trials_per_seed: for a search study, how many trials each seed gets
-    model_keys:  the model family and protocol every trial runs
+    task:        the ``sgstudy.tasks`` task: which metric the study optimises and reports
+    model_keys:  the flat keys every trial shares (model family, protocol)
+    labels:      variant -> how it reads in a results table; ``None`` for the Align labels
     """
 
     name: str
@@ -58,7 +60,9 @@ class StudySpec:
     grid: Mapping[str, Mapping[str, Any]] | None
     swept: str | None = None
     trials_per_seed: int = 0
-    model_keys: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(MODEL_KEYS))
+    task: str = SCENE_GRAPH
+    model_keys: Mapping[str, Any] = field(default_factory=lambda: dict(MODEL_KEYS))
+    labels: Mapping[str, str] | None = None
 
     @property
     def needs_detector(self) -> bool:
@@ -109,6 +113,8 @@ class StudySpec:
 
     def label(self, variant: str) -> str:
         """How a variant reads in a results table: ``Align-Motifs (p=0.05)``."""
+        if self.labels is not None:
+            return self.labels.get(variant, variant)
         family = FAMILY_LABELS.get(self.model_keys["model"], self.model_keys["model"])
         return family if variant == BASELINE else f"Align-{family} ({variant})"
 
@@ -173,7 +179,7 @@ class GridSpace:
 
     grid: Mapping[str, Mapping[str, Any]]
     seeds: tuple[int, ...]
-    model_keys: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(MODEL_KEYS))
+    model_keys: Mapping[str, Any] = field(default_factory=lambda: dict(MODEL_KEYS))
 
     def __call__(self, trial: optuna.trial.Trial) -> dict[str, Any]:
         variant = trial.suggest_categorical("variant", list(self.grid))
@@ -195,6 +201,21 @@ class TpeSpace:
         variant = f"p={p:.3g}, λ={weight:.3g}"
         return {"align": True, "seed": seed, "variant": variant, **MODEL_KEYS}
 
+
+# DSG (Raboh et al., WACV 2020) for referring relationships: the full model, its two ablations
+# (supplement §2) and the GPI aggregation variants of the DSG generator.
+DSG_MODEL_KEYS = {"model": "dsg"}
+DSG_GRID: dict[str, dict[str, Any]] = {
+    "dsg": {"dsg_variant": "dsg", "gpi_aggregation": "feature-attention"},
+    "gpi=scalar-attention": {"dsg_variant": "dsg", "gpi_aggregation": "scalar-attention"},
+    "gpi=sum": {"dsg_variant": "dsg", "gpi_aggregation": "sum"},
+    "no-dsg": {"dsg_variant": "no-dsg", "gpi_aggregation": "feature-attention"},
+    "two-step": {"dsg_variant": "two-step", "gpi_aggregation": "feature-attention"},
+}
+DSG_LABELS = {
+    variant: dsg_label(keys["dsg_variant"], keys["gpi_aggregation"])
+    for variant, keys in DSG_GRID.items()
+}
 
 STUDIES: dict[str, StudySpec] = {
     "align-motifs-p": _grid_spec(
@@ -229,6 +250,15 @@ STUDIES: dict[str, StudySpec] = {
             },
         },  # fmt: skip
         model_keys=SGTR_KEYS,
+    ),
+    "dsg-ablation": StudySpec(
+        "dsg-ablation",
+        "DSG vs no-DSG and Two-step, and the GPI aggregations (feature attention, scalar "
+        "attention, sum), referring relationships (DSG supplement §1-2)",
+        DSG_GRID,
+        task=REFERRING,
+        model_keys=DSG_MODEL_KEYS,
+        labels=DSG_LABELS,
     ),
 }
 

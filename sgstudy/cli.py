@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from sgstudy.errors import UserError
-from sgstudy.metric_names import RECALL_FAMILIES, RECALL_KS, display_name, recall_key
+from sgstudy.metric_names import (
+    RECALL_FAMILIES,
+    RECALL_KS,
+    REFERRING_METRICS,
+    display_name,
+    recall_key,
+)
+from sgstudy.tasks import REFERRING, Task
 
 EXIT_USAGE = 2
 
@@ -53,14 +60,47 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     print(f"synthetic dataset written to {out}")
 
 
+def cmd_data_synth_rr(args: argparse.Namespace) -> None:
+    from sgstudy.data.referring_synth import derive_referring_dataset
+
+    counts = derive_referring_dataset(Path(args.source), Path(args.out), args.image_dir)
+    print(
+        f"referring-relationship dataset written to {args.out}: {counts['train_images']} train "
+        f"and {counts['test_images']} test images, {counts['relations']} relations"
+    )
+
+
 def cmd_data_check(args: argparse.Namespace) -> None:
     from sgstudy.data.check import check_dataset
 
     print(check_dataset(Path(args.root), args.image_dir, args.num_val_images))
 
 
+def format_referring_table(rows: dict[str, dict[str, float]], title: str = "") -> str:
+    """One row per method of the referring-relationship metrics, in percent."""
+    keys = REFERRING_METRICS
+    width = max([24, *(len(name) + 2 for name in rows)])
+    lines = [title] if title else []
+    lines.append(f"{'':{width}s}" + "".join(f"{display_name(k):>13s}" for k in keys))
+    for name, metrics in rows.items():
+        lines.append(f"{name:{width}s}" + "".join(f"{100 * metrics[k]:13.1f}" for k in keys))
+    return "\n".join(lines)
+
+
+def format_task_metrics(task: Task, metrics: dict[str, float], title: str) -> str:
+    """The metrics table of a run of ``task``."""
+    if task.name == REFERRING:
+        return format_referring_table({"": metrics}, title)
+    return format_recall_table(metrics, title)
+
+
 # ---------------------------------------------------------------- baseline
 def cmd_baseline(args: argparse.Namespace) -> None:
+    from sgstudy.data.referring_format import is_referring_dataset
+
+    if is_referring_dataset(args.data):
+        referring_baselines(args)
+        return
     import torch
 
     from sgstudy.config import DataConfig, ModelConfig, RunConfig
@@ -94,6 +134,41 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     )
 
 
+def referring_baselines(args: argparse.Namespace) -> None:
+    """The random-box baseline, and the class-only heuristic when ``--detector`` is given."""
+    import torch
+
+    from sgstudy.config import RunConfig
+    from sgstudy.engine import evaluate
+    from sgstudy.models.detector import load_detector
+    from sgstudy.models.referring_baselines import ClassOnlyBaseline, RandomBoxBaseline
+    from sgstudy.training import load_split, make_evaluator, make_loader, pipeline_of
+
+    config = RunConfig.from_flat(
+        {"model": "dsg", "data_root": args.data, "image_dir": args.image_dir,
+         "num_val_images": args.num_val_images}
+    )  # fmt: skip
+    statistics = pipeline_of(config).compute_statistics(load_split(config, "train"))
+    models = {"random boxes": RandomBoxBaseline(seed=args.seed)}
+    if args.detector:
+        detector = load_detector(args.detector, statistics.object_classes)
+        models["class-only heuristic"] = ClassOnlyBaseline(detector, args.score_threshold)
+    loader = make_loader(load_split(config, args.split), config)
+    rows = {
+        name: evaluate(
+            model, loader, make_evaluator(config, statistics), torch.device("cpu")
+        ).metrics
+        for name, model in models.items()
+    }
+    print(
+        format_referring_table(
+            rows, f"Referring-relationship baselines, {args.split} split ({args.data})"
+        )
+    )
+    if not args.detector:
+        print("(the class-only heuristic needs --detector DET.pt from sgstudy train-detector)")
+
+
 # ---------------------------------------------------------------- training
 def run_config_from_args(args: argparse.Namespace) -> object:
     from sgstudy.config import FAMILY_PROTOCOLS, RunConfig
@@ -110,6 +185,8 @@ def run_config_from_args(args: argparse.Namespace) -> object:
         "align_target": args.align_target,
         "align_mask_unit": args.align_mask_unit,
         "align_projection_head": not args.no_align_projection_head,
+        "dsg_variant": args.dsg_variant,
+        "gpi_aggregation": args.gpi_aggregation,
         "detector_checkpoint": args.detector,
         "backbone_weights": args.backbone_weights,
         "data_root": args.data,
@@ -155,10 +232,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         result = session.run_epoch()
         session.save(checkpoint)
         m = result.metrics
+        shown = "  ".join(
+            f"{display_name(k)} {100 * m[k]:.1f}" for k in session.task.progress_metrics
+        )
         print(
             f"epoch {result.epoch}/{config.optim.epochs}  loss {result.losses['loss']:.4f}  "
-            f"R@50 {100 * m['R_50']:.1f}  mR@50 {100 * m['mR_50']:.1f}  "
-            f"({result.seconds:.0f} s)",
+            f"{shown}  ({result.seconds:.0f} s)",
             flush=True,
         )
         history.append({"epoch": result.epoch, **result.losses, **m})
@@ -170,7 +249,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"{out} already holds {session.epoch} epochs; nothing to train")
         return
     print(
-        format_recall_table(result.metrics, f"\n{config.model.name} {config.model.protocol}, val")
+        format_task_metrics(
+            session.task, result.metrics, f"\n{config.model.name} {config.model.protocol}, val"
+        )
     )
     print(f"run written to {out}")
 
@@ -179,7 +260,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from sgstudy.training import (
         CHECKPOINT_NAME,
         TrainingSession,
-        artifact_of,
         load_split,
         make_loader,
         read_run_config,
@@ -192,10 +272,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     result = session.evaluate(make_loader(load_split(config, args.split), config), args.split)
     write_json(
         run_dir / f"metrics_{args.split}.json",
-        {args.split: result.metrics, "per_predicate": artifact_of(result, session.statistics)},
+        {
+            args.split: result.metrics,
+            "per_predicate": session.pipeline.artifact_of(result, session.statistics),
+        },
     )
     title = f"{config.model.name} {config.model.protocol}, {args.split} (epoch {session.epoch})"
-    print(format_recall_table(result.metrics, title))
+    print(format_task_metrics(session.task, result.metrics, title))
+
+
+def cmd_complexity(args: argparse.Namespace) -> None:
+    from sgstudy.models.dsg.complexity import complexity_table, format_complexity_table
+
+    if args.num_entities < 1:
+        raise UserError(f"--num-entities must be >= 1, got {args.num_entities}")
+    rows = complexity_table(args.preset, args.num_entities)
+    print(f"DSG supplement Table 1, measured ({args.preset} preset)\n")
+    print(format_complexity_table(rows))
 
 
 def cmd_train_detector(args: argparse.Namespace) -> None:
@@ -251,6 +344,8 @@ def add_data_flags(parser: argparse.ArgumentParser, required: bool = True) -> No
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     from sgstudy.config import (
         ALIGN_TARGETS,
+        DSG_VARIANTS,
+        GPI_AGGREGATIONS,
         MASK_UNITS,
         MASKED_INPUTS,
         MODELS,
@@ -279,6 +374,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="representation alignment on the shared classifier input (no projection head)",
     )
+    p.add_argument("--dsg-variant", choices=DSG_VARIANTS, default="dsg", help="DSG ablation")
+    p.add_argument("--gpi-aggregation", choices=GPI_AGGREGATIONS, default="feature-attention")
     p.add_argument("--detector", help="detector checkpoint from train-detector (needed for sgdet)")
     p.add_argument("--backbone-weights", help="local backbone weights file")
     add_data_flags(p)
@@ -310,20 +407,46 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image-size", type=int, default=128)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(handler=cmd_data_synth)
+    synth_rr = data_sub.add_parser(
+        "synth-rr", help="derive a referring-relationship dataset from a VG150-format one"
+    )
+    synth_rr.add_argument("--from", dest="source", required=True, help="VG150-format dataset")
+    synth_rr.add_argument("--out", required=True, help="new folder for the derived dataset")
+    synth_rr.add_argument("--image-dir", help="the source's image folder (default: FROM/VG_100K)")
+    synth_rr.set_defaults(handler=cmd_data_synth_rr)
     check = data_sub.add_parser("check", help="validate a dataset and print a summary")
     check.add_argument("root")
     check.add_argument("--image-dir")
     check.add_argument("--num-val-images", type=int)
     check.set_defaults(handler=cmd_data_check)
 
-    base = sub.add_parser("baseline", help="evaluate the frequency baseline (PredCls, SGDet)")
+    base = sub.add_parser(
+        "baseline",
+        help="evaluate the frequency baseline (PredCls, SGDet), or on a referring-relationship "
+        "dataset the random-box baseline and the class-only heuristic",
+    )
     add_data_flags(base)
     base.add_argument("--split", choices=("val", "test"), default="test")
     base.add_argument("--protocol", choices=("predcls", "sgdet"), default="predcls")
-    base.add_argument("--detector", help="sgdet: a DETR checkpoint (train-detector --kind detr)")
+    base.add_argument(
+        "--detector",
+        help="sgdet: a DETR checkpoint (train-detector --kind detr); referring relationships: "
+        "the detector of the class-only heuristic",
+    )
+    base.add_argument(
+        "--score-threshold", type=float, default=0.5, help="class-only: detections kept"
+    )
+    base.add_argument("--seed", type=int, default=0, help="random-box baseline seed")
     base.set_defaults(handler=cmd_baseline)
 
     add_train_parser(sub)
+    complexity = sub.add_parser(
+        "complexity", help="DSG supplement Table 1: parameters and operations, measured"
+    )
+    complexity.add_argument("--model", choices=("dsg",), default="dsg")
+    complexity.add_argument("--preset", choices=("tiny", "paper"), default="paper")
+    complexity.add_argument("--num-entities", type=int, default=32, help="n (default 32)")
+    complexity.set_defaults(handler=cmd_complexity)
 
     ev = sub.add_parser("evaluate", help="re-evaluate a trained run's checkpoint")
     ev.add_argument("run_dir")

@@ -33,13 +33,16 @@ GPI_AGGREGATIONS = ("feature-attention", "scalar-attention", "sum")
 OPTIMIZERS = ("sgd", "adamw")
 # Families that only run one protocol: SGTR detects its own entities (SPEC §5).
 FAMILY_PROTOCOLS = {"sgtr": ("sgdet",)}
-# A family's training defaults where they differ from ``OptimConfig``'s (Motifs' SGD, SPEC §3);
-# keys a run config names itself win. SGTR: the authors' AdamW schedule (SPEC §5).
+# A family's training defaults where its paper differs from ``OptimConfig``'s (Motifs' SGD,
+# SPEC §3); keys a run config names itself win.
 FAMILY_OPTIM_DEFAULTS: dict[str, dict[str, Any]] = {
+    # SGTR: the authors' AdamW schedule (SPEC §5).
     "sgtr": {
         "optimizer": "adamw", "lr": 8e-5, "weight_decay": 1e-4, "max_grad_norm": 0.1,
         "warmup_iters": 100,
     },
+    # DSG (SPEC §6): SGD with momentum 0.9, lr 1e-3, one image per batch, 20 epochs (VG, CLEVR).
+    "dsg": {"lr": 1e-3, "batch_size": 1, "epochs": 20},
 }  # fmt: skip
 
 

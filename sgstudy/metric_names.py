@@ -32,6 +32,16 @@ DIAGNOSTICS: tuple[str, ...] = (PAIR_RANK, ALIGN_GRAD_RATIO)
 # The metric a study optimises and the reports sort by.
 PRIMARY_METRIC = "mR_50"
 
+# Referring relationships (DSG's ``iou_test``): mean over queries of the IoU between the
+# predicted and the GT subject (object) region on a 14 x 14 grid, and the mean of the two,
+# on which DSG selects its model.
+SUBJECT_IOU = "subject_iou"
+OBJECT_IOU = "object_iou"
+MEAN_IOU = "mean_iou"
+REFERRING_METRICS: tuple[str, ...] = (SUBJECT_IOU, OBJECT_IOU, MEAN_IOU)
+REFERRING_PRIMARY_METRIC = MEAN_IOU
+_REFERRING_DISPLAY = {SUBJECT_IOU: "subject IoU", OBJECT_IOU: "object IoU", MEAN_IOU: "mean IoU"}
+
 
 def recall_key(family: str, k: int) -> str:
     """``recall_key("mR", 50) == "mR_50"``."""
@@ -57,7 +67,10 @@ def all_group_keys() -> list[str]:
 
 def display_name(key: str) -> str:
     """Render a stored key for people: ``mR_50`` -> ``mR@50``, ``ng_mR_100`` -> ``ng-mR@100``,
-    ``tail_mR_100`` -> ``tail mR@100``. Keys that are not recall metrics are returned as is."""
+    ``tail_mR_100`` -> ``tail mR@100``, ``subject_iou`` -> ``subject IoU``. Other keys are
+    returned as is."""
+    if key in _REFERRING_DISPLAY:
+        return _REFERRING_DISPLAY[key]
     stem, sep, k = key.rpartition("_")
     if not sep or not k.isdigit():
         return key
@@ -71,6 +84,9 @@ def display_name(key: str) -> str:
 
 def stored_name(name: str) -> str:
     """Inverse of ``display_name``: accepts ``mR@50`` or ``mR_50`` and returns ``mR_50``."""
+    for key, shown in _REFERRING_DISPLAY.items():
+        if name == shown:
+            return key
     for group in PREDICATE_GROUPS:
         if name.startswith(f"{group} "):
             name = f"{group}_" + name[len(group) + 1 :]

@@ -3,25 +3,36 @@
 ``TrainingSession.start`` builds data, statistics, model, optimiser and evaluator
 from a ``RunConfig`` (and resumes from a checkpoint); ``run_epoch`` trains one
 epoch and evaluates on val; ``save`` writes a checkpoint from which ``start``
-continues with the same next step. Under ``torch.distributed`` (Ray Train sets it
-up for multi-GPU trials) the model is wrapped in DDP, the training data sharded,
-and evaluation runs on rank 0.
+continues with the same next step. The data, statistics, evaluator and per-epoch
+artifact are those of the model's task (``sgstudy.tasks``; ``PIPELINES`` below):
+scene graphs for Motifs and SGTR, referring relationships for DSG.
+
+Under ``torch.distributed`` (Ray Train sets it up for multi-GPU trials) the model
+is wrapped in DDP, the training data sharded, and evaluation runs on rank 0.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from sgstudy import tasks
 from sgstudy.config import RunConfig
 from sgstudy.data.dataset import SceneGraphDataset, collate_scene_graphs
+from sgstudy.data.referring import (
+    ReferringDataset,
+    ReferringStatistics,
+    compute_referring_statistics,
+)
+from sgstudy.data.referring_format import is_referring_dataset
 from sgstudy.data.statistics import DatasetStatistics, compute_statistics
 from sgstudy.engine import (
     build_optimizer,
@@ -34,6 +45,8 @@ from sgstudy.engine import (
     set_rng_state,
     train_one_epoch,
 )
+from sgstudy.errors import ConfigError, DatasetError
+from sgstudy.evaluation.referring_eval import ReferringEvaluator, per_predicate_iou_artifact
 from sgstudy.evaluation.sgg_eval import (
     EvaluationResult,
     SceneGraphEvaluator,
@@ -54,7 +67,9 @@ class EpochResult:
     epoch: int  # 1-based epoch just finished
     losses: dict[str, float]  # mean of each loss term over the epoch, plus the weighted "loss"
     metrics: dict[str, float]  # validation metrics (sgstudy.metric_names keys); empty on rank > 0
-    per_predicate: dict[str, Any]  # per_predicate_recall.json payload; empty on rank > 0
+    # The task's per-epoch artifact (per_predicate_recall.json, per_predicate_iou.json); empty
+    # on rank > 0.
+    per_predicate: dict[str, Any]
     seconds: float
 
 
@@ -62,8 +77,18 @@ def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def load_split(config: RunConfig, split: str) -> SceneGraphDataset:
+def load_split(config: RunConfig, split: str) -> Dataset:
+    """The split of ``config``'s dataset in the layout its model's task reads."""
+    return pipeline_of(config).load_split(config, split)
+
+
+def load_scene_graph_split(config: RunConfig, split: str) -> SceneGraphDataset:
     d = config.data
+    if is_referring_dataset(d.root):
+        raise DatasetError(
+            f"{d.root} is a referring-relationship dataset; model {config.model.name} trains on "
+            "scene graphs in the VG150 layout"
+        )
     return SceneGraphDataset(
         d.root,
         split,
@@ -74,8 +99,24 @@ def load_split(config: RunConfig, split: str) -> SceneGraphDataset:
     )
 
 
+def load_referring_split(config: RunConfig, split: str) -> ReferringDataset:
+    d = config.data
+    if not is_referring_dataset(d.root):
+        raise DatasetError(
+            f"model {config.model.name} trains on a referring-relationship dataset, and "
+            f"{d.root} has no annotations_train.json (derive one from a VG150-format dataset "
+            "with sgstudy data synth-rr)"
+        )
+    if d.num_val_images is not None:
+        raise ConfigError(
+            "num_val_images does not apply to a referring-relationship dataset: its val split "
+            "is the last 10% of the sorted train images"
+        )
+    return ReferringDataset(d.root, split, image_dir=d.image_dir)
+
+
 def make_loader(
-    dataset: SceneGraphDataset, config: RunConfig, sampler: DistributedSampler | None = None
+    dataset: Dataset, config: RunConfig, sampler: DistributedSampler | None = None
 ) -> DataLoader:
     return DataLoader(
         dataset,
@@ -88,7 +129,14 @@ def make_loader(
     )
 
 
-def make_evaluator(config: RunConfig, statistics: DatasetStatistics) -> SceneGraphEvaluator:
+def make_evaluator(config: RunConfig, statistics: Any) -> Any:
+    """The evaluator of ``config``'s task (reset / process / evaluate)."""
+    return pipeline_of(config).make_evaluator(config, statistics)
+
+
+def make_scene_graph_evaluator(
+    config: RunConfig, statistics: DatasetStatistics
+) -> SceneGraphEvaluator:
     return SceneGraphEvaluator(
         config.model.protocol,
         num_predicates=len(statistics.predicate_classes) - 1,
@@ -106,13 +154,51 @@ def artifact_of(result: EvaluationResult, statistics: DatasetStatistics) -> dict
     )
 
 
+def make_referring_evaluator(
+    config: RunConfig, statistics: ReferringStatistics
+) -> ReferringEvaluator:
+    return ReferringEvaluator(num_predicates=len(statistics.predicate_classes) - 1)
+
+
+def referring_artifact(result: Any, statistics: ReferringStatistics) -> dict[str, Any]:
+    return per_predicate_iou_artifact(result, statistics.predicate_classes, statistics.query_counts)
+
+
+@dataclass(frozen=True)
+class TaskPipeline:
+    """The torch side of a task (``sgstudy.tasks.Task``): how its splits load, what its
+    training statistics are, which evaluator scores it, and its per-epoch artifact."""
+
+    load_split: Callable[[RunConfig, str], Dataset]
+    compute_statistics: Callable[[Dataset], Any]
+    make_evaluator: Callable[[RunConfig, Any], Any]
+    artifact_of: Callable[[Any, Any], dict[str, Any]]
+
+
+PIPELINES: dict[str, TaskPipeline] = {
+    tasks.SCENE_GRAPH: TaskPipeline(
+        load_scene_graph_split, compute_statistics, make_scene_graph_evaluator, artifact_of
+    ),
+    tasks.REFERRING: TaskPipeline(
+        load_referring_split,
+        compute_referring_statistics,
+        make_referring_evaluator,
+        referring_artifact,
+    ),
+}
+
+
+def pipeline_of(config: RunConfig) -> TaskPipeline:
+    return PIPELINES[tasks.task_of(config.model.name).name]
+
+
 class TrainingSession:
     """The state of one run between epochs. Build it with ``TrainingSession.start``."""
 
     def __init__(
         self,
         config: RunConfig,
-        statistics: DatasetStatistics,
+        statistics: DatasetStatistics | ReferringStatistics,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -134,6 +220,8 @@ class TrainingSession:
         self.val_loader = val_loader
         self.device = device
         self.progress = progress
+        self.task = tasks.task_of(config.model.name)
+        self.pipeline = pipeline_of(config)
         self.epoch = 0  # epochs completed
 
     @staticmethod
@@ -145,8 +233,9 @@ class TrainingSession:
     ) -> TrainingSession:
         seed_everything(config.seed)
         device = device or resolve_device(config.device)
-        train_set = load_split(config, "train")
-        statistics = compute_statistics(train_set)
+        pipeline = pipeline_of(config)
+        train_set = pipeline.load_split(config, "train")
+        statistics = pipeline.compute_statistics(train_set)
         model = build_model(config.model, statistics).to(device)
         distributed = dist.is_initialized()
         # The shuffling order depends on (seed, epoch) only, so a resumed run sees the same batches.
@@ -201,15 +290,18 @@ class TrainingSession:
         per_predicate: dict[str, Any] = {}
         if is_main_process():
             result = self.evaluate(self.val_loader, "val")
-            metrics, per_predicate = result.metrics, artifact_of(result, self.statistics)
+            metrics, per_predicate = (
+                result.metrics,
+                self.pipeline.artifact_of(result, self.statistics),
+            )
         return EpochResult(
             self.epoch, losses, metrics, per_predicate, time.perf_counter() - started
         )
 
-    def evaluate(self, loader: DataLoader, name: str) -> EvaluationResult:
-        """Metrics on ``loader``, plus ``PAIR_RANK`` for models that expose their pair
-        representation (``pair_representation_layer``)."""
-        evaluator = make_evaluator(self.config, self.statistics)
+    def evaluate(self, loader: DataLoader, name: str) -> Any:
+        """The task's evaluation result on ``loader``, plus ``PAIR_RANK`` for models that expose
+        their pair representation (``pair_representation_layer``)."""
+        evaluator = self.pipeline.make_evaluator(self.config, self.statistics)
         model = self.model.module if dist.is_initialized() else self.model
         layer = getattr(model, "pair_representation_layer", None)
         if layer is None:

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from search_spaces.studies import StudySpec, check_seeds, get_study
 from sgstudy.config import PRESETS, RunConfig
 from sgstudy.errors import ConfigError, UserError
+from sgstudy.tasks import REFERRING_FORMAT, SCENE_GRAPH, TASKS, VG150_FORMAT
 from trainables.trial import FAIL_ONCE_KEY, TRIAL_KEYS
 
 SCHEDULERS = ("asha",)
@@ -95,14 +96,15 @@ def plan_study(options: StudyOptions) -> StudyPlan:
             )
     if options.preset not in PRESETS:
         raise ConfigError(f"unknown preset {options.preset!r}; choose one of {', '.join(PRESETS)}")
-    data_root = check_data(options.data_root)
+    data_root = check_data(options.data_root, spec.task)
     param_space: dict[str, Any] = {"data_root": data_root, "preset": options.preset}
     detector = check_detector(spec, options.detector)
     if detector is not None:
         param_space["detector_checkpoint"] = detector
     if options.epochs is not None:
         param_space["epochs"] = options.epochs
-    epochs = RunConfig.from_flat(param_space).optim.epochs  # validates the override
+    # Validates the override; the study's model family may have its own default epochs.
+    epochs = RunConfig.from_flat({**param_space, **spec.model_keys}).optim.epochs
     if options.fail_once_at_epoch is not None:
         if not 1 <= options.fail_once_at_epoch <= epochs:
             raise ConfigError(f"fail_once_at_epoch must be in [1, {epochs}]")
@@ -151,13 +153,22 @@ def check_resources(options: StudyOptions) -> None:
         raise ConfigError(f"max_failures must be >= 0, got {options.max_failures}")
 
 
-def check_data(data_root: str) -> str:
-    """The dataset's absolute path (trials run in other directories), after ``data check``."""
+def check_data(data_root: str, task: str = SCENE_GRAPH) -> str:
+    """The dataset's absolute path (trials run in other directories), after ``data check``;
+    its layout must be the one the study's ``task`` reads."""
     from sgstudy.data.check import check_dataset
+    from sgstudy.data.referring_format import is_referring_dataset
 
     root = Path(data_root).expanduser().absolute()
     if not root.is_dir():
         raise UserError(f"dataset folder {root} does not exist")
+    expected = TASKS[task].data_format
+    found = REFERRING_FORMAT if is_referring_dataset(root) else VG150_FORMAT
+    if found != expected:
+        hint = " (derive one with sgstudy data synth-rr)" if expected == REFERRING_FORMAT else ""
+        raise UserError(
+            f"this study needs a {expected} dataset{hint}; {root} holds the {found} layout"
+        )
     check_dataset(root)
     return str(root)
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sgstudy.errors import UserError
-from sgstudy.metric_names import PRIMARY_METRIC, display_name
+from sgstudy.metric_names import display_name
+from sgstudy.tasks import REFERRING, SCENE_GRAPH, TASKS
+from sgstudy.tracking_layout import COMPLEXITY_ARTIFACT
 from trainables.plan import (
     StudyOptions,
     StudyPlan,
@@ -25,7 +27,8 @@ from trainables.plan import (
 )
 from trainables.trial import EPOCH_KEY, VARIANT_KEY, TrialSettings, train_scene_graph
 
-TABLE_METRICS = ("mR_50", "mR_100", "R_50", "R_100")
+# The scene-graph studies' columns; a study of another task shows that task's table metrics.
+TABLE_METRICS = TASKS[SCENE_GRAPH].table_metrics
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ def run_planned(plan: StudyPlan) -> StudyOutcome:
         parent_run_id = tracking.start_study_run(
             client, experiment_id, plan.spec.name, plan.launch, launch_params(plan)
         )
+        if plan.spec.task == REFERRING:
+            log_complexity(client, parent_run_id, options.preset)
     else:
         client.update_run(parent_run_id, status=tracking.RUNNING)
     study_run = tracking.StudyRun(plan.tracking_uri, experiment_id, parent_run_id, plan.spec.name)
@@ -128,7 +133,7 @@ def run_planned(plan: StudyPlan) -> StudyOutcome:
         tracking.KILLED if interrupted else (tracking.FINISHED if complete else tracking.FAILED)
     )
     tracking.end_run(client, parent_run_id, status)
-    table = format_table(plan.spec.name, rows, plan.epochs)
+    table = format_table(plan.spec.name, rows, plan.epochs, table_metrics(plan))
     print(table)
     if interrupted:
         print(f"interrupted: finish this launch with the same command and --resume ({plan.launch})")
@@ -143,6 +148,18 @@ def run_planned(plan: StudyPlan) -> StudyOutcome:
         table=table,
         complete=complete,
     )
+
+
+def log_complexity(client: Any, run_id: str, preset: str) -> None:
+    """The DSG supplement's Table 1 as measured (``sgstudy complexity``) for the paper preset and
+    the launch's, as the parent run's ``COMPLEXITY_ARTIFACT`` (the report renders it)."""
+    from sgstudy.models.dsg.complexity import complexity_table, format_complexity_table
+
+    text = "\n\n".join(
+        f"`{name}` preset:\n\n{format_complexity_table(complexity_table(name))}"
+        for name in dict.fromkeys(("paper", preset))
+    )
+    client.log_text(run_id, text + "\n", COMPLEXITY_ARTIFACT)
 
 
 def launch_params(plan: StudyPlan) -> dict[str, Any]:
@@ -209,7 +226,7 @@ def build_searcher(plan: StudyPlan) -> Any:
 
     return ResumableOptunaSearch(
         plan.spec.space_fn(plan.seeds),
-        metric=PRIMARY_METRIC,
+        metric=TASKS[plan.spec.task].primary_metric,
         mode="max",
         sampler=plan.spec.sampler(plan.seeds),
         # One Optuna study per launch: a grid sampler would skip points an older launch ran.
@@ -225,7 +242,7 @@ def build_scheduler(plan: StudyPlan) -> Any:
 
     return ASHAScheduler(
         time_attr="training_iteration",  # one report per epoch
-        metric=PRIMARY_METRIC,
+        metric=TASKS[plan.spec.task].primary_metric,
         mode="max",
         max_t=plan.epochs,
         grace_period=1,
@@ -233,8 +250,13 @@ def build_scheduler(plan: StudyPlan) -> Any:
 
 
 # ---------------------------------------------------------------- results
+def table_metrics(plan: StudyPlan) -> tuple[str, ...]:
+    return TASKS[plan.spec.task].table_metrics
+
+
 def result_rows(plan: StudyPlan, results: Any) -> list[TrialRow]:
     order = list(plan.spec.grid) if plan.spec.grid else []
+    keys = table_metrics(plan)
     rows = []
     for result in results:
         config, metrics = result.config or {}, result.metrics or {}
@@ -246,7 +268,7 @@ def result_rows(plan: StudyPlan, results: Any) -> list[TrialRow]:
                 seed=int(config.get("seed", -1)),
                 epochs_done=int(metrics.get(EPOCH_KEY, 0)),
                 failed=result.error is not None,
-                metrics={k: float(metrics[k]) for k in TABLE_METRICS if k in metrics},
+                metrics={k: float(metrics[k]) for k in keys if k in metrics},
             )
         )
     rank = {variant: i for i, variant in enumerate(order)}
@@ -254,16 +276,19 @@ def result_rows(plan: StudyPlan, results: Any) -> list[TrialRow]:
     return rows
 
 
-def format_table(study: str, rows: list[TrialRow], epochs: int) -> str:
-    """Method, seed and the val recalls in percent; trials that did not finish say why."""
+def format_table(
+    study: str, rows: list[TrialRow], epochs: int, metrics: tuple[str, ...] = TABLE_METRICS
+) -> str:
+    """Method, seed and the val ``metrics`` in percent; trials that did not finish say why."""
+    width = max([8, *(len(display_name(k)) + 1 for k in metrics)])
     header = f"{'method':30s} {'seed':>4s}" + "".join(
-        f"{display_name(k):>8s}" for k in TABLE_METRICS
+        f"{display_name(k):>{width}s}" for k in metrics
     )
     lines = [f"\n{study}: validation results", header, "-" * len(header)]
     for row in rows:
         cells = "".join(
-            f"{100 * row.metrics[k]:8.1f}" if k in row.metrics else f"{'-':>8s}"
-            for k in TABLE_METRICS
+            f"{100 * row.metrics[k]:{width}.1f}" if k in row.metrics else f"{'-':>{width}s}"
+            for k in metrics
         )
         note = ""
         if row.failed:

@@ -28,6 +28,7 @@ from typing import Any
 from sgstudy import __version__
 from sgstudy.config import RunConfig
 from sgstudy.metric_names import TOTAL_LOSS
+from sgstudy.tasks import task_of
 from sgstudy.tracking_layout import (
     DATASET_FINGERPRINT_PARAM,
     GIT_COMMIT_PARAM,
@@ -182,19 +183,26 @@ def run_epochs(
 
 
 class TrialTracker:
-    """The trial's MLflow child run, seen from inside the trial (rank 0)."""
+    """The trial's MLflow child run, seen from inside the trial (rank 0).
 
-    def __init__(self, client: Any, run_id: str, settings: TrialSettings) -> None:
+    ``artifact`` is the file name of the task's per-epoch artifact (``sgstudy.tasks``).
+    """
+
+    def __init__(
+        self, client: Any, run_id: str, settings: TrialSettings,
+        artifact: str = PER_PREDICATE_ARTIFACT,
+    ) -> None:  # fmt: skip
         self.client = client
         self.run_id = run_id
         self.settings = settings
+        self.artifact = artifact
 
     def log_epoch(self, values: dict[str, float], per_predicate: dict[str, Any]) -> None:
         from sgstudy import tracking
 
         tracking.log_epoch(self.client, self.run_id, int(values[EPOCH_KEY]), values)
         if per_predicate:
-            tracking.log_json(self.client, self.run_id, PER_PREDICATE_ARTIFACT, per_predicate)
+            tracking.log_json(self.client, self.run_id, self.artifact, per_predicate)
 
     def backfill(self, history: list[dict[str, float]]) -> None:
         """Logs the epochs that reached the checkpoint but not MLflow (a crash in between)."""
@@ -261,7 +269,7 @@ def open_tracker(
         **unwrap(session.model).describe(),
     }
     tracking.log_params(client, run_id, params)
-    tracker = TrialTracker(client, run_id, settings)
+    tracker = TrialTracker(client, run_id, settings, task_of(run_config.model.name).artifact)
     if not state.history:
         tracking.log_json(client, run_id, RESOLVED_CONFIG_ARTIFACT, {**params, **knobs})
     tracker.backfill(state.history)

@@ -20,9 +20,10 @@ import numpy as np
 from PIL import Image
 
 from sgstudy.data.dataset import SPLITS, SceneGraphDataset
+from sgstudy.data.referring_format import is_referring_dataset
 from sgstudy.data.statistics import DatasetStatistics, compute_statistics
 from sgstudy.data.vg_format import VGData, image_file, image_folder, read_vg
-from sgstudy.errors import DatasetError
+from sgstudy.errors import ConfigError, DatasetError
 
 OPEN_ALL_LIMIT = 5000
 OPEN_SAMPLE = 500
@@ -32,8 +33,21 @@ HISTOGRAM_WIDTH = 40
 def check_dataset(
     root: str | Path, image_dir: str | None = None, num_val_images: int | None = None
 ) -> str:
-    """Validate the dataset under ``root`` (see the module docstring); return a summary."""
+    """Validate the dataset under ``root`` (see the module docstring); return a summary.
+
+    A referring-relationship dataset (``annotations_train.json`` under ``root``) is checked by
+    ``sgstudy.data.referring_check`` instead.
+    """
     root = Path(root)
+    if is_referring_dataset(root):
+        from sgstudy.data.referring_check import check_referring_dataset
+
+        if num_val_images is not None:
+            raise ConfigError(
+                "--num-val-images does not apply to a referring-relationship dataset: its val "
+                "split is the last 10% of the sorted train images"
+            )
+        return check_referring_dataset(root, image_dir)
     data = read_vg(root)
     folder = image_folder(root, image_dir)
     opened = check_images(data, folder)
