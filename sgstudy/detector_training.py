@@ -58,7 +58,7 @@ SCHEDULES = {
     # From scratch on a CPU: one higher learning rate for the whole network (the backbone has
     # no pretrained weights to protect).
     ("detr", "tiny"): DetectorSchedule(
-        batch_size=8, lr=2e-4, max_grad_norm=0.1, optimizer="adamw", warmup_iters=50
+        batch_size=8, lr=5e-4, max_grad_norm=0.1, optimizer="adamw", warmup_iters=50
     ),
 }
 
@@ -93,22 +93,20 @@ def train_detector(
     model = _build(kind, preset, len(classes), weights).to(target_device)
     schedule = SCHEDULES[kind, preset]
     loader = _loader(train_set, data, schedule.batch_size, shuffle=True, seed=seed)
-    optimizer, scheduler = _optimizer(model, schedule, epochs * len(loader))
+    optimizer, scheduler = detector_optimizer(model, schedule, epochs * len(loader))
     loss = math.nan
+    out_dir = Path(out_dir)
     for epoch in range(1, epochs + 1):
         epoch_started = time.perf_counter()
         loss = train_detector_epoch(
             model, loader, optimizer, scheduler, target_device, schedule, progress
         )
+        # Saved every epoch, so that a long run that is stopped still leaves a usable detector.
+        _save(model, out_dir / DETECTOR_FILE, preset, classes)
         print(
             f"detector epoch {epoch}/{epochs}: loss {loss:.4f} ({time.perf_counter() - epoch_started:.1f}s)",
             flush=True,
         )
-    out_dir = Path(out_dir)
-    if isinstance(model, DETR):
-        save_detr(model, out_dir / DETECTOR_FILE, preset, classes)
-    else:
-        save_detector(model, out_dir / DETECTOR_FILE, preset, len(classes), classes)
     val_loader = _loader(val_set, data, schedule.batch_size, shuffle=False, seed=seed)
     box_map = evaluate_detector(model, val_loader, len(classes), target_device, progress)
     print(f"detector saved to {out_dir / DETECTOR_FILE}; val box mAP@0.5 {box_map:.4f}", flush=True)
@@ -124,6 +122,13 @@ def _build(kind: str, preset: str, num_classes: int, weights: str | None) -> nn.
     if kind == FASTER_RCNN_KIND:
         return build_detector(preset, num_classes, weights)
     return build_detr(preset, num_classes - 1, weights)
+
+
+def _save(model: nn.Module, path: Path, preset: str, classes: list[str]) -> None:
+    if isinstance(model, DETR):
+        save_detr(model, path, preset, classes)
+    else:
+        save_detector(model, path, preset, len(classes), classes)
 
 
 def detection_loss(
@@ -217,7 +222,7 @@ def _loader(
     )
 
 
-def _optimizer(
+def detector_optimizer(
     model: nn.Module, schedule: DetectorSchedule, total_iters: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """SGD or AdamW; linear warm-up from lr/3, then ×0.1 for the last quarter of the iterations."""
@@ -234,7 +239,7 @@ def _optimizer(
     decay_at = int(total_iters * 0.75)
 
     def factor(iteration: int) -> float:
-        ramp = 1 / 3 + (2 / 3) * min(iteration / warmup, 1.0)
+        ramp = 1 / 3 + (2 / 3) * min(iteration / warmup, 1.0) if warmup else 1.0
         return ramp * (0.1 if iteration >= decay_at else 1.0)
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

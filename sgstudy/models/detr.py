@@ -13,8 +13,11 @@ them itself; boxes are (cx, cy, w, h) relative to each image's unpadded extent.
 Presets (``DETR_PRESETS``):
 - ``paper``: the authors' sizes (ResNet-101 C5, d 256, 8 heads, 6 + 6 layers, FFN 2048,
   100 queries), images at a shorter side of 600 and a longer side of at most 1000.
-- ``tiny``: trains on a CPU on the 128-px synthetic images: ResNet-18 cut after its stride-8
-  stage (a 16×16 map), d 128, 2 + 3 layers, 16 queries (synthetic images hold at most 8 objects).
+- ``tiny``: trains on a CPU on the 128-px synthetic images: a ResNet-10 (torchvision's ResNet
+  class with one basic block per stage) cut after its stride-8 stage (a 16×16 map), d 128,
+  4 heads, 2 + 3 layers, FFN 512, no dropout, 16 queries (synthetic images hold at most 8
+  objects). Its schedule (``detector_training.SCHEDULES``) uses a higher learning rate than
+  DETR's, for the whole network, since the backbone starts from scratch.
 
 Nothing downloads: torchvision builds the ResNet with ``weights=None``; backbone weights come
 only from a local file. Without them the batch norms train (a network from scratch); with them
