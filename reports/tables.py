@@ -123,6 +123,14 @@ def shows_statistics(summary: pd.DataFrame) -> bool:
     return bool((summary["n"] > 1).any())
 
 
+def shows_differences(summary: pd.DataFrame, keys: list[str]) -> bool:
+    """Δ columns appear with statistics when some row has a baseline to differ from (a study
+    without Align rows, such as the DSG ablation, has none)."""
+    return shows_statistics(summary) and any(
+        summary[f"{key}_diff"].notna().any() for key in keys
+    )
+
+
 def intervals_decide_bold(summary: pd.DataFrame, key: str) -> bool:
     """Bold by interval overlap only when every row with a value has an interval."""
     has_value = ~summary[f"{key}_mean"].isna()
@@ -176,7 +184,7 @@ def cells(summary: pd.DataFrame, keys: list[str], markup: Markup) -> list[list[s
                 cell += f"{markup.plus_minus}{percent(std)}"
             column.append(cell)
         columns.append(column)
-    if show_n:
+    if shows_differences(summary, keys):
         for key in keys:
             columns.append([difference_cell(row, key, markup) for _, row in summary.iterrows()])
     labels = summary["method_tex" if markup.latex else "method"]
@@ -195,11 +203,12 @@ def legend(summary: pd.DataFrame, keys: list[str]) -> str:
             "the best value as printed."
         )
     level = f"{CONFIDENCE:.0%}"
-    text = (
-        f"Cells: mean ± sample std over n runs (seeds), percent. Δ: Align minus the baseline "
-        f"of its family in percentage points, with Welch's {level} interval; {SIGNIFICANT} "
-        f"marks an interval that excludes 0. "
-    )
+    text = "Cells: mean ± sample std over n runs (seeds), percent. "
+    if shows_differences(summary, keys):
+        text += (
+            f"Δ: Align minus the baseline of its family in percentage points, with Welch's "
+            f"{level} interval; {SIGNIFICANT} marks an interval that excludes 0. "
+        )
     if all(intervals_decide_bold(summary, key) for key in keys):
         return text + f"Bold: every method whose {level} interval of the mean overlaps the best's."
     return text + (
@@ -214,6 +223,8 @@ def header(summary: pd.DataFrame, keys: list[str], latex: bool) -> list[str]:
         names = [latex_escape(name) for name in names]
     if not shows_statistics(summary):
         return [METHOD_HEADER, *names]
+    if not shows_differences(summary, keys):
+        return [METHOD_HEADER, *names, "n"]
     delta = "$\\Delta$" if latex else "Δ"
     level = f"{CONFIDENCE:.0%}".replace("%", "\\%" if latex else "%")
     differences = [f"{delta} {name} [{level}]" for name in names]
