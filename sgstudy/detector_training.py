@@ -1,6 +1,7 @@
 """Training the object detector on a dataset's boxes (``sgstudy train-detector``).
 
-Every training image with boxes is used, relations or not. The schedule is fixed per preset
+Every training image with boxes is used, relations or not (of a referring-relationship
+dataset, every annotated image: its entities are its boxes). The schedule is fixed per preset
 (SGD with momentum, linear warm-up, ×0.1 for the last quarter of the epochs, gradient norm
 clipped); the result is ``out_dir/detector.pt`` and the box mAP@0.5 on the validation split.
 """
@@ -14,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection import FasterRCNN
 from tqdm import tqdm
 
 from sgstudy.config import DataConfig
 from sgstudy.data.dataset import SceneGraphDataset, collate_scene_graphs
+from sgstudy.data.referring import ReferringImages
+from sgstudy.data.referring_format import is_referring_dataset
 from sgstudy.engine import resolve_device, seed_everything
 from sgstudy.errors import UserError
 from sgstudy.evaluation.box_ap import box_map_at_50
@@ -144,7 +147,10 @@ def evaluate_detector(
     return box_map_at_50(predictions, targets, num_classes)
 
 
-def _load_split(data: DataConfig, split: str, seed: int) -> SceneGraphDataset:
+def _load_split(data: DataConfig, split: str, seed: int) -> Dataset:
+    if is_referring_dataset(data.root):
+        # The annotated entities of a referring-relationship dataset, one item per image.
+        return ReferringImages(data.root, split, image_dir=data.image_dir)
     return SceneGraphDataset(
         data.root,
         split,
@@ -156,7 +162,7 @@ def _load_split(data: DataConfig, split: str, seed: int) -> SceneGraphDataset:
 
 
 def _loader(
-    dataset: SceneGraphDataset, data: DataConfig, batch_size: int, shuffle: bool, seed: int
+    dataset: Dataset, data: DataConfig, batch_size: int, shuffle: bool, seed: int
 ) -> DataLoader:
     return DataLoader(
         dataset,
