@@ -1,7 +1,6 @@
 """Training the object detector on a dataset's boxes (``sgstudy train-detector``).
 
-Every training image with boxes is used, relations or not (of a referring-relationship
-dataset, every annotated image: its entities are its boxes). The schedule is fixed per preset
+Every training image with boxes is used, relations or not. The schedule is fixed per preset
 (SGD with momentum, linear warm-up, ×0.1 for the last quarter of the epochs, gradient norm
 clipped); the result is ``out_dir/detector.pt`` and the box mAP@0.5 on the validation split.
 """
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torchvision.models.detection import FasterRCNN
 from tqdm import tqdm
 
@@ -147,9 +146,11 @@ def evaluate_detector(
     return box_map_at_50(predictions, targets, num_classes)
 
 
-def _load_split(data: DataConfig, split: str, seed: int) -> Dataset:
+def _load_split(
+    data: DataConfig, split: str, seed: int
+) -> SceneGraphDataset | ReferringImages:
     if is_referring_dataset(data.root):
-        # The annotated entities of a referring-relationship dataset, one item per image.
+        # A referring-relationship dataset: its annotated entities, one item per image.
         return ReferringImages(data.root, split, image_dir=data.image_dir)
     return SceneGraphDataset(
         data.root,
@@ -162,7 +163,7 @@ def _load_split(data: DataConfig, split: str, seed: int) -> Dataset:
 
 
 def _loader(
-    dataset: Dataset, data: DataConfig, batch_size: int, shuffle: bool, seed: int
+    dataset: SceneGraphDataset, data: DataConfig, batch_size: int, shuffle: bool, seed: int
 ) -> DataLoader:
     return DataLoader(
         dataset,
