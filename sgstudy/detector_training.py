@@ -146,9 +146,7 @@ def evaluate_detector(
     return box_map_at_50(predictions, targets, num_classes)
 
 
-def _load_split(
-    data: DataConfig, split: str, seed: int
-) -> SceneGraphDataset | ReferringImages:
+def _load_split(data: DataConfig, split: str, seed: int) -> SceneGraphDataset | ReferringImages:
     if is_referring_dataset(data.root):
         # A referring-relationship dataset: its annotated entities, one item per image.
         return ReferringImages(data.root, split, image_dir=data.image_dir)
