@@ -8,7 +8,7 @@ import torch
 from referring_data import write_hand_made
 
 from sgstudy.cli import main
-from sgstudy.data.referring import ReferringDataset
+from sgstudy.data.referring import ReferringDataset, ReferringImages
 from sgstudy.evaluation.referring_eval import ReferringEvaluator
 from sgstudy.models.detector import build_detector, save_detector
 from sgstudy.models.referring_baselines import RandomBoxBaseline, answer_by_class
@@ -53,13 +53,18 @@ def test_random_boxes_are_reproducible_valid_and_scored(tmp_path):
 
 
 def test_baseline_command_evaluates_both_baselines(tmp_path, capsys):
+    """A detector trained by ``sgstudy train-detector`` on the referring dataset's own train
+    images (one epoch) feeds the class-only heuristic."""
     root = write_hand_made(tmp_path / "data")
     classes = ReferringDataset(root, "train").object_classes
-    torch.manual_seed(0)
-    detector_file = tmp_path / "detector.pt"
-    save_detector(
-        build_detector("tiny", len(classes)), detector_file, "tiny", len(classes), classes
-    )
+    images = ReferringImages(root, "train")
+    assert len(images) == 8  # train images 1..9 but "5", which has no relation
+    assert [images[i][1].image_id for i in range(len(images))] == [1, 2, 3, 4, 6, 7, 8, 9]
+    assert images[0][1].boxes.tolist()[0] == [4, 2, 20, 12]
+    assert main(["train-detector", "--data", str(root), "--epochs", "1",
+                 "--out", str(tmp_path / "det"), "--device", "cpu"]) == 0  # fmt: skip
+    capsys.readouterr()
+    detector_file = tmp_path / "det" / "detector.pt"
     argv = ["baseline", "--data", str(root), "--split", "val"]
     assert main([*argv, "--detector", str(detector_file), "--score-threshold", "0.0"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -70,6 +75,7 @@ def test_baseline_command_evaluates_both_baselines(tmp_path, capsys):
     assert all(0.0 <= v <= 100.0 for v in values)
     assert main(argv) == 0
     assert "needs --detector" in capsys.readouterr().out
+    torch.manual_seed(0)
     other = list(classes[:-1])
     save_detector(build_detector("tiny", len(other)), detector_file, "tiny", len(other), other)
     assert main([*argv, "--detector", str(detector_file)]) == 2
