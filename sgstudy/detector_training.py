@@ -19,7 +19,7 @@ from torchvision.models.detection import FasterRCNN
 from tqdm import tqdm
 
 from sgstudy.config import DataConfig
-from sgstudy.data.dataset import SceneGraphDataset, collate_scene_graphs
+from sgstudy.data.dataset import SceneGraphDataset, collate_scene_graphs, loader_workers
 from sgstudy.engine import resolve_device, seed_everything
 from sgstudy.errors import UserError
 from sgstudy.evaluation.box_ap import box_map_at_50
@@ -163,7 +163,7 @@ def _loader(
         batch_size=batch_size,
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
-        num_workers=data.num_workers,
+        num_workers=loader_workers(data.num_workers),
         collate_fn=collate_scene_graphs,
     )
 
