@@ -76,77 +76,87 @@ def pack_images(
 ) -> PackedImages | None:
     """The images of a batch that have GT relations, checked and flattened (None: no image).
 
-    Per image only shapes are read; every tensor is concatenated and checked once per batch.
+    Per image only attributes and shapes are read; the tensors are concatenated and checked
+    once per batch.
     """
     columns = num_predicates + 1
     no_scores = torch.zeros(0, columns)
-    parts: dict[str, list[Tensor]] = {f.name: [] for f in fields(PackedImages)}
-    image_ids = []
+    kept: list[tuple[SceneGraphTarget, SceneGraphPrediction]] = []
+    scores = []
     for target, prediction in zip(targets, predictions):
-        relations = _tensor(target.relations)
-        if relations.numel() == 0:
+        if target.relations.shape[0] == 0:
             continue
-        pairs = _tensor(prediction.pairs)
-        scores = _tensor(prediction.predicate_scores) if pairs.numel() else no_scores
-        _check_scores(pairs.reshape(-1, 2).shape[0], scores, columns)
-        image_ids.append(int(target.image_id))
-        for name, values in (
-            ("gt_boxes", target.boxes), ("gt_labels", target.labels),
-            ("relations", relations.reshape(-1, 3)), ("boxes", prediction.boxes),
-            ("labels", prediction.labels), ("label_scores", prediction.label_scores),
-            ("pairs", pairs.reshape(-1, 2)), ("predicate_scores", scores),
-        ):  # fmt: skip
-            parts[name].append(_tensor(values))
-    if not image_ids:
+        num_pairs = prediction.pairs.shape[0]
+        image_scores = prediction.predicate_scores if num_pairs else no_scores
+        if image_scores.ndim != 2 or image_scores.shape != (num_pairs, columns):
+            _raise_bad_scores(num_pairs, tuple(image_scores.shape), columns)
+        kept.append((target, prediction))
+        scores.append(image_scores)
+    if not kept:
         return None
-    for name in ("gt_boxes", "boxes"):
-        parts[name] = [boxes.reshape(-1, 4) for boxes in parts[name]]
-    for name in ("gt_labels", "labels", "label_scores"):
-        parts[name] = [values.reshape(-1) for values in parts[name]]
-    counts = {
-        "gt_count": "gt_labels", "pred_count": "labels", "rel_count": "relations",
-        "pair_count": "pairs",
-    }  # fmt: skip
-    for count, source in counts.items():
-        parts[count] = [torch.tensor([part.shape[0] for part in parts[source]])]
-    sizes = {name: [part.shape[0] for part in parts[name]] for name in parts}
+    fields_of = {
+        "gt_boxes": ([t.boxes for t, _ in kept], (-1, 4)),
+        "gt_labels": ([t.labels for t, _ in kept], (-1,)),
+        "relations": ([t.relations for t, _ in kept], (-1, 3)),
+        "boxes": ([p.boxes for _, p in kept], (-1, 4)),
+        "labels": ([p.labels for _, p in kept], (-1,)),
+        "label_scores": ([p.label_scores for _, p in kept], (-1,)),
+        "pairs": ([p.pairs for _, p in kept], (-1, 2)),
+        "predicate_scores": (scores, (-1, columns)),
+    }
+    sizes = {name: [part.shape[0] for part in parts] for name, (parts, _) in fields_of.items()}
+    image_ids = [int(target.image_id) for target, _ in kept]
     _check_sizes(sizes, image_ids, protocol)
-    packed = PackedImages(**{name: torch.cat(part) for name, part in parts.items()})
+    counts = {"gt_count": "gt_labels", "pred_count": "labels", "rel_count": "relations",
+              "pair_count": "pairs"}  # fmt: skip
+    packed = PackedImages(
+        **{name: _cat(parts, shape) for name, (parts, shape) in fields_of.items()},
+        **{count: torch.tensor(sizes[source]) for count, source in counts.items()},
+    )
     _check_indices(packed, image_ids, num_predicates)
     return packed
 
 
-def _check_scores(num_pairs: int, scores: Tensor, columns: int) -> None:
-    if scores.ndim != 2 or scores.shape[0] != num_pairs:
+def _cat(parts: list[Tensor], shape: tuple[int, ...]) -> Tensor:
+    """One tensor of the parts' rows; numpy parts are converted (the slow path)."""
+    try:
+        joined = torch.cat(parts)
+    except TypeError:
+        joined = torch.cat([torch.as_tensor(np.asarray(part)) for part in parts])
+    return joined if joined.shape[1:] == shape[1:] else joined.reshape(shape)
+
+
+def _raise_bad_scores(num_pairs: int, shape: tuple[int, ...], columns: int) -> None:
+    if len(shape) != 2 or shape[0] != num_pairs:
         raise ValueError(
             f"predicate_scores: expected shape ({num_pairs}, {columns}) for "
-            f"{num_pairs} pairs, got {tuple(scores.shape)}"
+            f"{num_pairs} pairs, got {shape}"
         )
-    if scores.shape[1] != columns:
-        raise ConfigError(
-            f"predicate_scores: {scores.shape[1]} columns, but the evaluator "
-            f"expects num_predicates + 1 = {columns}; model and dataset disagree"
-        )
+    raise ConfigError(
+        f"predicate_scores: {shape[1]} columns, but the evaluator "
+        f"expects num_predicates + 1 = {columns}; model and dataset disagree"
+    )
 
 
 def _check_sizes(sizes: dict[str, list[int]], image_ids: list[int], protocol: str) -> None:
     """Per image: as many boxes, labels and label scores; PredCls/SGCls: the GT boxes."""
-    for i, image_id in enumerate(image_ids):
-        boxes, labels, scores = (sizes[name][i] for name in ("boxes", "labels", "label_scores"))
-        if not boxes == labels == scores:
-            raise ValueError(
-                f"prediction has {boxes} boxes, {labels} labels and {scores} label scores; "
-                "they must agree"
-            )
-        if protocol != "sgdet" and boxes != sizes["gt_boxes"][i]:
-            raise ValueError(
-                f"{protocol}: the predicted boxes must be the GT boxes of image "
-                f"{image_id}, got {boxes} boxes for {sizes['gt_boxes'][i]}"
-            )
-
-
-def _tensor(values: Tensor | np.ndarray) -> Tensor:
-    return values if isinstance(values, Tensor) else torch.from_numpy(np.asarray(values))
+    boxes, labels, scores, gt_boxes = (
+        np.array(sizes[name]) for name in ("boxes", "labels", "label_scores", "gt_boxes")
+    )
+    bad = np.flatnonzero((boxes != labels) | (scores != labels))
+    if bad.size:
+        i = bad[0]
+        raise ValueError(
+            f"prediction has {boxes[i]} boxes, {labels[i]} labels and {scores[i]} label "
+            "scores; they must agree"
+        )
+    bad = np.flatnonzero(boxes != gt_boxes) if protocol != "sgdet" else bad
+    if bad.size:
+        i = bad[0]
+        raise ValueError(
+            f"{protocol}: the predicted boxes must be the GT boxes of image "
+            f"{image_ids[i]}, got {boxes[i]} boxes for {gt_boxes[i]}"
+        )
 
 
 def _with_dtypes(packed: PackedImages) -> PackedImages:
