@@ -266,12 +266,8 @@ def _rank_with_graph_constraint(
         return _empty_table(p, k)
     best_score, best = foreground.max(dim=1)  # (P,) first maximum, as numpy's argmax
     scores = best_score.to(torch.float64) * pair_weight[0] * pair_weight[1]  # as triplet_match
-    local_pair = (
-        torch.arange(len(scores), device=scores.device) - layout.pair_start[layout.pair_image]
-    )
-    slot, valid = _top_k_per_row(scores, layout.pair_image, local_pair, p.num_images, k)
-    pair = (layout.pair_start[:, None] + slot)[valid]  # (T,) the ranked pairs, image-major
-    return _table(valid, subjects[pair], objects[pair], best[pair] + 1)
+    pair, valid = _top_k_per_row(scores, layout.pair_image, layout.pair_start, p.pair_count, k)
+    return _RankTable(subjects[pair], objects[pair], torch.where(valid, best[pair] + 1, 0))
 
 
 def _rank_without_graph_constraint(
@@ -304,11 +300,10 @@ def _rank_without_graph_constraint(
     predicate = column % num_classes
     exact = foreground[pair, predicate].to(torch.float64)
     exact = exact * pair_weight[0][pair] * pair_weight[1][pair]  # as triplet_match multiplies
-    first = torch.searchsorted(image, torch.arange(p.num_images, device=image.device))
-    position = torch.arange(len(image), device=image.device) - first[image]
-    slot, valid = _top_k_per_row(exact, image, position, p.num_images, k)
-    chosen = (first[:, None] + slot)[valid]  # (T,) candidates, image-major, best first
-    return _table(valid, subjects[pair[chosen]], objects[pair[chosen]], predicate[chosen] + 1)
+    count = torch.bincount(image, minlength=p.num_images)
+    chosen, valid = _top_k_per_row(exact, image, count.cumsum(0) - count, count, k)
+    pair = pair[chosen]
+    return _RankTable(subjects[pair], objects[pair], torch.where(valid, predicate[chosen] + 1, 0))
 
 
 def _padded_rough_scores(
@@ -339,29 +334,22 @@ def _kth_largest(dense: Tensor, k: int) -> Tensor:
 
 
 def _top_k_per_row(
-    scores: Tensor, row: Tensor, column: Tensor, num_rows: int, k: int
+    scores: Tensor, row: Tensor, start: Tensor, count: Tensor, k: int
 ) -> tuple[Tensor, Tensor]:
-    """Entries ``scores`` (M,) at (row, column) of a (num_rows, W) layout; per row, the
-    columns of the k best, best first, equal scores in column order (a stable sort).
+    """``scores`` (M,) grouped by row: row b holds entries start[b] .. start[b] + count[b] - 1.
+    Per row, the entries of its k best scores, best first, equal scores in entry order (a
+    stable sort).
 
-    Returns slot (B, k') column indices and valid (B, k') bool, k' = min(k, W).
+    Returns index (B, k') into ``scores`` (any valid entry where ``valid`` is False) and
+    valid (B, k') bool, k' = min(k, most entries of a row).
     """
-    width = int(column.max()) + 1 if len(column) else 1
-    padded = scores.new_full((num_rows, width), -torch.inf)
-    filled = torch.zeros(num_rows, width, dtype=torch.bool, device=scores.device)
-    padded[row, column] = scores
-    filled[row, column] = True
-    # Unfilled slots sort after every entry: -inf, and behind any real -inf by position.
+    width = max(int(count.max()), 1)
+    padded = scores.new_full((len(count), width), -torch.inf)
+    padded[row, torch.arange(len(scores), device=scores.device) - start[row]] = scores
+    # Padding (-inf, after every entry of its row) sorts last, behind any real -inf too.
     order = torch.sort(padded, dim=1, descending=True, stable=True).indices[:, :k]
-    return order, filled.gather(1, order)
-
-
-def _table(valid: Tensor, subjects: Tensor, objects: Tensor, predicates: Tensor) -> _RankTable:
-    """(B, k') validity and the (T,) ranked triplets filling it row by row -> the table."""
-    tables = [torch.zeros(valid.shape, dtype=torch.int64, device=valid.device) for _ in range(3)]
-    for table, values in zip(tables, (subjects, objects, predicates)):
-        table[valid] = values
-    return _RankTable(*tables)
+    valid = order < count[:, None]
+    return (start[:, None] + order).clamp(max=max(len(scores) - 1, 0)), valid
 
 
 def _empty_table(p: PackedImages, k: int) -> _RankTable:
