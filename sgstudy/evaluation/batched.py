@@ -241,10 +241,13 @@ def pooled_hits(
     subjects = p.pairs[:, 0] + layout.pred_start[layout.pair_image]  # (P,) into p.boxes
     objects = p.pairs[:, 1] + layout.pred_start[layout.pair_image]
     pair_weight = (p.label_scores[subjects], p.label_scores[objects])
-    tables = (
-        _rank_with_graph_constraint(p, layout, subjects, objects, pair_weight, k_max),
-        _rank_without_graph_constraint(p, layout, subjects, objects, pair_weight, k_max),
+    graph, pair_scores = _rank_with_graph_constraint(
+        p, layout, subjects, objects, pair_weight, k_max
     )
+    free = _rank_without_graph_constraint(
+        p, layout, subjects, objects, pair_weight, pair_scores, k_max
+    )
+    tables = (graph, free)
     cut_offs = torch.tensor(ks, device=device)[:, None]  # (nK, 1)
     recalled = [  # each (nK, R) bool
         _first_match_rank(p, layout, table, iou_threshold)[None, :] < cut_offs for table in tables
@@ -259,15 +262,17 @@ def _rank_with_graph_constraint(
     objects: Tensor,
     pair_weight: tuple[Tensor, Tensor],
     k: int,
-) -> _RankTable:
-    """One triplet per pair, its best foreground predicate (the first maximum)."""
+) -> tuple[_RankTable, Tensor]:
+    """One triplet per pair, its best foreground predicate (the first maximum); also returns
+    the (P,) float64 score of each pair's best triplet."""
     foreground = p.predicate_scores[:, 1:]  # (P, C)
     if foreground.numel() == 0:
-        return _empty_table(p, k)
+        return _empty_table(p, k), foreground.new_zeros(0, dtype=torch.float64)
     best_score, best = foreground.max(dim=1)  # (P,) first maximum, as numpy's argmax
     scores = best_score.to(torch.float64) * pair_weight[0] * pair_weight[1]  # as triplet_match
     pair, valid = _top_k_per_row(scores, layout.pair_image, layout.pair_start, p.pair_count, k)
-    return _RankTable(subjects[pair], objects[pair], torch.where(valid, best[pair] + 1, 0))
+    table = _RankTable(subjects[pair], objects[pair], torch.where(valid, best[pair] + 1, 0))
+    return table, scores
 
 
 def _rank_without_graph_constraint(
@@ -276,11 +281,15 @@ def _rank_without_graph_constraint(
     subjects: Tensor,
     objects: Tensor,
     pair_weight: tuple[Tensor, Tensor],
+    pair_scores: Tensor,
     k: int,
 ) -> _RankTable:
     """Every (pair, foreground predicate), pair-major.
 
-    Exact float64 scores are computed for a few candidates only: those whose float32 score
+    A pair whose best triplet (``pair_scores``) is below the image's k-th best pair score
+    cannot reach the top k, so only the other pairs are scored (exact for non-negative
+    object scores, where a pair's best triplet bounds all of its triplets). Exact float64
+    scores are computed for a few candidates only: those whose float32 score
     reaches each image's k-th best float32 score less a margin far above float32's rounding
     (a few 1e-7 relative), which keeps every triplet tied with or above the float64 k-th
     score. The stable row sort then decides among them by position, as
@@ -290,13 +299,24 @@ def _rank_without_graph_constraint(
     if foreground.numel() == 0:
         return _empty_table(p, k)
     num_classes = foreground.shape[1]
-    rough = _padded_rough_scores(p, layout, foreground, pair_weight)  # (B, W) float32
+    kept = _pairs_that_can_rank(p, layout, pair_weight, pair_scores, k)  # (P',) ascending
+    weight = (pair_weight[0] * pair_weight[1]).to(torch.float32)
+    if len(kept) < len(pair_scores):
+        kept_image = layout.pair_image[kept]
+        kept_count = torch.bincount(kept_image, minlength=p.num_images)
+        kept_start = kept_count.cumsum(0) - kept_count
+        kept_scores, weight = foreground[kept], weight[kept]
+    else:  # nothing to drop: no copy
+        kept_image, kept_count, kept_start = layout.pair_image, p.pair_count, layout.pair_start
+        kept_scores = foreground
+    rough = _padded_rough_scores(kept_scores, weight, kept_image, kept_start, kept_count)
     threshold = _kth_largest(rough, k)
     threshold -= threshold.abs() * 1e-5
     image, column = torch.nonzero(rough >= threshold[:, None], as_tuple=True)
-    real = column < p.pair_count[image] * num_classes  # padding enters images with < k entries
+    real = column < kept_count[image] * num_classes  # padding enters images with < k entries
     image, column = image[real], column[real]
-    pair = layout.pair_start[image] + torch.div(column, num_classes, rounding_mode="floor")
+    local = torch.div(column, num_classes, rounding_mode="floor")
+    pair = kept[kept_start[image] + local]
     predicate = column % num_classes
     exact = foreground[pair, predicate].to(torch.float64)
     exact = exact * pair_weight[0][pair] * pair_weight[1][pair]  # as triplet_match multiplies
@@ -306,20 +326,44 @@ def _rank_without_graph_constraint(
     return _RankTable(subjects[pair], objects[pair], torch.where(valid, predicate[chosen] + 1, 0))
 
 
-def _padded_rough_scores(
-    p: PackedImages, layout: _Layout, foreground: Tensor, pair_weight: tuple[Tensor, Tensor]
+def _pairs_that_can_rank(
+    p: PackedImages,
+    layout: _Layout,
+    pair_weight: tuple[Tensor, Tensor],
+    pair_scores: Tensor,
+    k: int,
 ) -> Tensor:
-    """(B, most pairs x C) float32 triplet scores, pair-major per image, -inf padding."""
-    num_pairs, num_classes = foreground.shape
-    padded_row = layout.pair_image * p.max_pairs + (
-        torch.arange(num_pairs, device=foreground.device) - layout.pair_start[layout.pair_image]
-    )
-    rows = p.num_images * p.max_pairs
+    """(P',) ascending indices of the pairs whose best triplet reaches the image's k-th best
+    pair score (every pair of an image with fewer than k pairs)."""
+    if p.max_pairs <= k or (pair_weight[0] < 0).any() or (pair_weight[1] < 0).any():
+        return torch.arange(len(pair_scores), device=pair_scores.device)
+    padded = pair_scores.new_full((p.num_images, p.max_pairs), -torch.inf)
+    padded[layout.pair_image, _positions(layout.pair_image, layout.pair_start)] = pair_scores
+    return torch.nonzero(pair_scores >= _kth_largest(padded, k)[layout.pair_image])[:, 0]
+
+
+def _padded_rough_scores(
+    foreground: Tensor, weight: Tensor, image: Tensor, start: Tensor, count: Tensor
+) -> Tensor:
+    """(B, most pairs x C) float32 triplet scores, pair-major per image, -inf padding.
+
+    foreground: (P', C) of pairs grouped by image (``image``, ``start``, ``count``);
+    weight: (P',) float32 subject x object score.
+    """
+    num_classes = foreground.shape[1]
+    width = max(int(count.max()), 1)
+    padded_row = image * width + _positions(image, start)
+    rows = len(count) * width
     rough = torch.full((rows, num_classes), -torch.inf, device=foreground.device)
     rough.index_copy_(0, padded_row, foreground.to(torch.float32))
-    weight = torch.ones(rows, device=foreground.device)  # padding keeps -inf
-    weight[padded_row] = (pair_weight[0] * pair_weight[1]).to(torch.float32)
-    return rough.mul_(weight[:, None]).view(p.num_images, -1)
+    row_weight = torch.ones(rows, device=foreground.device)  # padding keeps -inf
+    row_weight[padded_row] = weight
+    return rough.mul_(row_weight[:, None]).view(len(count), -1)
+
+
+def _positions(row: Tensor, start: Tensor) -> Tensor:
+    """(M,) position of each entry within its row, for entries grouped by row."""
+    return torch.arange(len(row), device=row.device) - start[row]
 
 
 def _kth_largest(dense: Tensor, k: int) -> Tensor:
@@ -345,7 +389,7 @@ def _top_k_per_row(
     """
     width = max(int(count.max()), 1)
     padded = scores.new_full((len(count), width), -torch.inf)
-    padded[row, torch.arange(len(scores), device=scores.device) - start[row]] = scores
+    padded[row, _positions(row, start)] = scores
     # Padding (-inf, after every entry of its row) sorts last, behind any real -inf too.
     order = torch.sort(padded, dim=1, descending=True, stable=True).indices[:, :k]
     valid = order < count[:, None]
