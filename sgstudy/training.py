@@ -71,7 +71,7 @@ def load_split(config: RunConfig, split: str) -> SceneGraphDataset:
         num_val_images=d.num_val_images,
         filter_non_overlap=d.filter_non_overlap and split == "train",
         seed=config.seed,
-        image_cache=(d.image_cache_dir or default_cache_root()) if d.image_cache else None,
+        image_cache_dir=(d.image_cache_dir or default_cache_root()) if d.image_cache else None,
     )
 
 

@@ -52,8 +52,8 @@ def assert_same_items(cached: SceneGraphDataset, decoded: SceneGraphDataset) -> 
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_cached_reads_give_exactly_the_jpeg_tensors(mixed_sizes, tmp_path, split):
     decoded = SceneGraphDataset(mixed_sizes, split)
-    first = SceneGraphDataset(mixed_sizes, split, image_cache=tmp_path)  # builds
-    again = SceneGraphDataset(mixed_sizes, split, image_cache=tmp_path)  # opens
+    first = SceneGraphDataset(mixed_sizes, split, image_cache_dir=tmp_path)  # builds
+    again = SceneGraphDataset(mixed_sizes, split, image_cache_dir=tmp_path)  # opens
     assert first.image_cache.folder == again.image_cache.folder
     assert first.image_cache.folder.parent.parent == tmp_path  # <root>/<fingerprint>/<split>
     assert {image.shape[1:] for image, _ in (first[0], first[1])} != {(64, 64)}
@@ -76,7 +76,7 @@ def checksum(dataset: SceneGraphDataset) -> float:
 
 def build_and_checksum(root: Path, cache: Path, start, results) -> None:
     start.wait()  # both processes ask for the missing cache at the same moment
-    results.put(checksum(SceneGraphDataset(root, "train", image_cache=cache)))
+    results.put(checksum(SceneGraphDataset(root, "train", image_cache_dir=cache)))
 
 
 def test_two_processes_building_at_once_get_one_whole_cache(mixed_sizes, tmp_path):
@@ -105,7 +105,7 @@ def test_a_failed_build_leaves_nothing_behind(mixed_sizes, tmp_path):
     shutil.copytree(mixed_sizes, broken)
     SceneGraphDataset(broken, "val").image_path(1).write_bytes(b"not a jpeg")
     with pytest.raises(DatasetError, match="does not load"):
-        SceneGraphDataset(broken, "val", image_cache=tmp_path / "cache")
+        SceneGraphDataset(broken, "val", image_cache_dir=tmp_path / "cache")
     leftovers = [p.name for p in (tmp_path / "cache").rglob("*") if not p.name.endswith(".lock")]
     assert leftovers == [next((tmp_path / "cache").iterdir()).name]  # only the fingerprint
 

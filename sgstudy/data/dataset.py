@@ -14,7 +14,7 @@ Split conventions (SPEC §1, as Scene-Graph-Benchmark reads VG150):
   intersect are dropped (+1 pixel convention at BOX_SCALE, as Scene-Graph-Benchmark).
 
 All annotation arrays are read once in ``__init__``; images are read lazily, from their
-JPEG files or, with ``image_cache``, from the node's decoded-image cache
+JPEG files or, with ``image_cache_dir``, from the node's decoded-image cache
 (``sgstudy.data.image_cache``: the same tensors, without decoding).
 """
 
@@ -91,8 +91,8 @@ class SceneGraphDataset(Dataset):
 
     ``num_val_images`` None: the meta file's value, else 5,000 (VG150).
     ``filter_empty_relations`` None: True for train, False for val and test.
-    ``image_cache``: a cache root folder; the split's decoded images are read from (and on
-    first use written to) ``<image_cache>/<dataset fingerprint>/<split key>``.
+    ``image_cache_dir``: a cache root folder; the split's decoded images are read from (and
+    on first use written to) ``<image_cache_dir>/<dataset fingerprint>/<split key>``.
     Item ``i``: (image (3, H, W) float32 in [0, 1], SceneGraphTarget with xyxy pixel boxes,
     1-based labels, relations (R, 3) local (subject, object, predicate)).
     """
@@ -106,7 +106,7 @@ class SceneGraphDataset(Dataset):
         filter_empty_relations: bool | None = None,
         filter_non_overlap: bool = False,
         seed: int = 0,
-        image_cache: str | Path | None = None,
+        image_cache_dir: str | Path | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -127,7 +127,9 @@ class SceneGraphDataset(Dataset):
         self.annotations = select_split(
             data, split, self.num_val_images, filter_empty_relations, filter_non_overlap
         )
-        self.image_cache = None if image_cache is None else self._open_cache(Path(image_cache))
+        self.image_cache = (
+            None if image_cache_dir is None else self._open_cache(Path(image_cache_dir))
+        )
 
     def __len__(self) -> int:
         return len(self.annotations.h5_rows)

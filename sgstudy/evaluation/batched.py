@@ -6,9 +6,12 @@ matches every image of a pack with a fixed number of tensor operations, whatever
 of images, and returns the per-image sums the metrics are made of.
 
 The rankings are those of ``triplet_match`` (ties keep the candidates' input order, pair-major
-then predicate-minor for the no-graph-constraint ranking) and every score, IoU and ratio is
-computed with the same float64 operations in the same order, so the metrics equal the
-per-image path's up to the order of a few floating-point sums (about 1e-16).
+then predicate-minor for the no-graph-constraint ranking) and every score, IoU and ratio that
+decides a ranking or a match is computed with the same float64 operations in the same order,
+so the metrics equal the per-image path's up to the order of a few floating-point sums
+(about 1e-16). Two shortcuts only skip work that cannot change a ranking: without graph
+constraint, pairs whose best triplet is below the image's k-th best pair are not scored, and
+a float32 pass with a safety margin picks the few candidates whose float64 scores are sorted.
 """
 
 from __future__ import annotations
