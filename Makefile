@@ -38,6 +38,7 @@ test-all: $(STAMP)
 bench: $(STAMP) $(DATA)/VG-SGG-with-attri.h5
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_train.py --data $(DATA)
+	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_study.py
 
 clean:

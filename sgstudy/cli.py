@@ -196,6 +196,7 @@ def run_config_from_args(args: argparse.Namespace) -> object:
         "device": args.device,
         "amp": not args.no_amp,
         "num_workers": args.num_workers,
+        "image_cache": args.cache_images,
     }
     optim = {
         "epochs": args.epochs,
@@ -382,7 +383,13 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
+    p.add_argument(
+        "--num-workers", type=int, help="data loader worker processes (default: CPUs minus one)"
+    )
+    p.add_argument(
+        "--cache-images", action="store_true",
+        help="read decoded images from the node-local cache (built on first use)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")

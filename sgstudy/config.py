@@ -162,7 +162,17 @@ class DataConfig:
     # None: the dataset's own choice (its sgstudy meta file), else 5,000 as in VG150.
     num_val_images: int | None = None
     filter_non_overlap: bool = False
-    num_workers: int = 0
+    # DataLoader worker processes; None: the trial's CPUs minus one, resolved by the caller
+    # (``sgstudy.data.dataset.loader_workers``).
+    num_workers: int | None = None
+    # Read decoded images from the node-local cache (``sgstudy.data.image_cache``), built on
+    # first use in ``image_cache_dir`` (None: $SGSTUDY_IMAGE_CACHE, else the temp folder).
+    image_cache: bool = False
+    image_cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
 
 
 @dataclass(frozen=True)
@@ -224,7 +234,9 @@ class RunConfig:
                 filter_non_overlap=_as_bool(
                     "filter_non_overlap", values.pop("filter_non_overlap", False)
                 ),
-                num_workers=int(values.pop("num_workers", 0)),
+                num_workers=_opt_int(values.pop("num_workers", None)),
+                image_cache=_as_bool("image_cache", values.pop("image_cache", False)),
+                image_cache_dir=values.pop("image_cache_dir", None),
             )
             return RunConfig(
                 model=model,
@@ -261,6 +273,8 @@ class RunConfig:
             "num_val_images": d.num_val_images,
             "filter_non_overlap": d.filter_non_overlap,
             "num_workers": d.num_workers,
+            "image_cache": d.image_cache,
+            "image_cache_dir": d.image_cache_dir,
             "seed": self.seed,
             "device": self.device,
             "amp": self.amp,

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from sgstudy.config import DataConfig
-from sgstudy.data.dataset import SceneGraphDataset, collate_scene_graphs
+from sgstudy.data.dataset import SceneGraphDataset, collate_scene_graphs, loader_workers
 from sgstudy.data.referring import ReferringImages
 from sgstudy.data.referring_format import is_referring_dataset
 from sgstudy.engine import resolve_device, seed_everything
@@ -222,7 +222,7 @@ def _loader(
         batch_size=batch_size,
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
-        num_workers=data.num_workers,
+        num_workers=loader_workers(data.num_workers),
         collate_fn=collate_scene_graphs,
     )
 

@@ -10,9 +10,7 @@ returns one ``SceneGraphPrediction`` per image.
 
 from __future__ import annotations
 
-import math
 import random
-from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,8 @@ from sgstudy.models.diagnostics import gradient_norm_ratio
 from sgstudy.structures import SceneGraphTarget
 
 Batch = tuple[list[torch.Tensor], list[SceneGraphTarget]]
+# train_one_epoch waits for the device to check the loss once every so many steps.
+FINITE_CHECK_STEPS = 50
 
 # Training steps per epoch on which the alignment/supervised gradient balance is measured: two
 # extra backward passes each, so a few keep the cost near zero.
@@ -88,6 +88,14 @@ def weighted_total(losses: dict[str, torch.Tensor], weights: dict[str, float]) -
     return sum(weights.get(name, 1.0) * value for name, value in losses.items())
 
 
+def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
+    """Mixed precision on CUDA: bf16 where the GPU has it (no loss scaling needed), else fp16
+    (with a GradScaler); None (full precision) on other devices or with ``amp`` off."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable[Batch],
@@ -98,56 +106,76 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     progress: bool = False,
     description: str = "train",
+    amp: bool = True,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns the mean of every loss term and of the weighted total,
     and, for a model with ``shared_encoder_parameters`` and a ``loss_align`` term, the mean
-    ``ALIGN_GRAD_RATIO`` over ``GRADIENT_PROBES_PER_EPOCH`` evenly spaced steps."""
+    ``ALIGN_GRAD_RATIO`` over ``GRADIENT_PROBES_PER_EPOCH`` evenly spaced steps.
+
+    Loss sums stay on the device, so a step never waits for the GPU: finiteness is checked
+    every FINITE_CHECK_STEPS steps and at the end, and a FloatingPointError names the range
+    of steps in which the loss stopped being finite. ``amp``: autocast (``autocast_dtype``);
+    fp16 also scales the loss when ``scaler`` is enabled.
+    """
     model.train()
     weights = unwrap(model).loss_weights
     encoder = getattr(unwrap(model), "shared_encoder_parameters", None)
     probe_every = max(1, len(loader) // GRADIENT_PROBES_PER_EPOCH) if encoder else 0
     ratios: list[float] = []
-    use_amp = scaler is not None and scaler.is_enabled()
-    sums: dict[str, float] = defaultdict(float)
-    steps = 0
+    dtype = autocast_dtype(device, amp)
+    scale = scaler is not None and scaler.is_enabled()
+    sums: dict[str, torch.Tensor] = {}
+    steps = checked = 0
     bar = tqdm(loader, desc=description, leave=False, disable=not progress, dynamic_ncols=True)
     for images, targets in bar:
         images = [image.to(device, non_blocking=True) for image in images]
         targets = [target.to(device) for target in targets]
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             losses = model(images, targets)
             total = weighted_total(losses, weights)
-        if not math.isfinite(total.item()):
-            raise FloatingPointError(f"loss became {total.item()} at step {steps}: {losses}")
         if probe_every and steps % probe_every == 0 and len(ratios) < GRADIENT_PROBES_PER_EPOCH:
             ratio = gradient_norm_ratio(losses, weights, "loss_align", encoder())
             if ratio is not None:
                 ratios.append(ratio)
         optimizer.zero_grad(set_to_none=True)
-        if use_amp:
+        if scale:
             scaler.scale(total).backward()
             scaler.unscale_(optimizer)
         else:
             total.backward()
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        if use_amp:
+        if scale:
             scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step()
         scheduler.step()
-        for name, value in losses.items():
-            sums[name] += value.item()
-        sums[TOTAL_LOSS] += total.item()
+        for name, value in {**losses, TOTAL_LOSS: total}.items():
+            sums[name] = sums.get(name, 0.0) + value.detach().double()
         steps += 1
-        bar.set_postfix(loss=f"{sums[TOTAL_LOSS] / steps:.3f}")
+        if steps - checked >= FINITE_CHECK_STEPS:
+            _check_finite(sums, checked, steps)
+            checked = steps
+            bar.set_postfix(loss=f"{sums[TOTAL_LOSS].item() / steps:.3f}")
     if steps == 0:
         raise UserError("the training split is empty: no image with relations to train on")
-    means = {name: value / steps for name, value in sums.items()}
+    _check_finite(sums, checked, steps)
+    means = {name: value.item() / steps for name, value in sums.items()}
     if ratios:
         means[ALIGN_GRAD_RATIO] = sum(ratios) / len(ratios)
     return means
+
+
+def _check_finite(sums: dict[str, torch.Tensor], first: int, end: int) -> None:
+    """One host sync: the running sums stay finite exactly while every step's losses do."""
+    total = sums[TOTAL_LOSS]
+    if not bool(torch.isfinite(total)):
+        terms = {name: value.item() for name, value in sums.items()}
+        raise FloatingPointError(
+            f"loss became {total.item()} in steps {first}..{end - 1} of the epoch "
+            f"(sums so far: {terms})"
+        )
 
 
 @torch.no_grad()

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sgstudy import tasks
 from sgstudy.config import RunConfig
-from sgstudy.data.dataset import SceneGraphDataset, collate_scene_graphs
+from sgstudy.data.dataset import SceneGraphDataset, collate_scene_graphs, loader_workers
+from sgstudy.data.image_cache import default_cache_root
 from sgstudy.data.referring import (
     ReferringDataset,
     ReferringStatistics,
@@ -35,6 +36,7 @@ from sgstudy.data.referring import (
 from sgstudy.data.referring_format import is_referring_dataset
 from sgstudy.data.statistics import DatasetStatistics, compute_statistics
 from sgstudy.engine import (
+    autocast_dtype,
     build_optimizer,
     build_scheduler,
     evaluate,
@@ -96,6 +98,7 @@ def load_scene_graph_split(config: RunConfig, split: str) -> SceneGraphDataset:
         num_val_images=d.num_val_images,
         filter_non_overlap=d.filter_non_overlap and split == "train",
         seed=config.seed,
+        image_cache_dir=(d.image_cache_dir or default_cache_root()) if d.image_cache else None,
     )
 
 
@@ -118,14 +121,24 @@ def load_referring_split(config: RunConfig, split: str) -> ReferringDataset:
 def make_loader(
     dataset: Dataset, config: RunConfig, sampler: DistributedSampler | None = None
 ) -> DataLoader:
+    """Workers: ``config.data.num_workers``, else the trial's CPUs minus one; on CUDA the
+    batches come in pinned memory, so the engine's non-blocking copies overlap compute.
+
+    The loader draws its workers' seeds from its own generator, never from the global RNG
+    the model samples from, so the number of workers (and whether they persist across
+    epochs) cannot change a run's random stream; the dataset itself seeds by index.
+    """
+    workers = loader_workers(config.data.num_workers)
     return DataLoader(
         dataset,
+        generator=torch.Generator().manual_seed(config.seed),
         batch_size=config.optim.batch_size,
         sampler=sampler,
         shuffle=False,
-        num_workers=config.data.num_workers,
+        num_workers=workers,
         collate_fn=collate_scene_graphs,
-        persistent_workers=config.data.num_workers > 0,
+        persistent_workers=workers > 0,
+        pin_memory=resolve_device(config.device).type == "cuda",
     )
 
 
@@ -250,7 +263,10 @@ class TrainingSession:
         val_loader = make_loader(load_split(config, "val"), config)
         optimizer = build_optimizer(model, config.optim)
         scheduler = build_scheduler(optimizer, config.optim, len(train_loader))
-        scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+        # bf16 autocast needs no loss scaling; only fp16 (GPUs without bf16) does.
+        scaler = torch.amp.GradScaler(
+            "cuda", enabled=autocast_dtype(device, config.amp) == torch.float16
+        )
         if distributed:
             model = torch.nn.parallel.DistributedDataParallel(
                 model,
@@ -284,6 +300,7 @@ class TrainingSession:
             self.scaler,
             progress=self.progress,
             description=f"epoch {next_epoch}/{self.config.optim.epochs}",
+            amp=self.config.amp,
         )
         self.epoch = next_epoch
         metrics: dict[str, float] = {}

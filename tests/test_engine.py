@@ -71,3 +71,55 @@ def test_tiny_model_overfits_a_few_images(synthetic_root):
     )
     assert losses["loss_rel"] < 0.2
     assert result.metrics["R_50"] > 0.95
+
+
+class ScaledSquare(torch.nn.Module):
+    """A one-parameter model following the train-mode contract: loss_a = (w x)^2 per batch,
+    where the batch's "image" tensor holds x."""
+
+    loss_weights = {"loss_a": 2.0}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, images, targets):
+        return {"loss_a": ((self.weight * images[0]) ** 2).sum()}
+
+
+def run_square(values):
+    model = ScaledSquare()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # losses stay those of the data
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    batches = [([torch.tensor([value])], []) for value in values]
+    return train_one_epoch(model, batches, optimizer, scheduler, torch.device("cpu"), 5.0)
+
+
+def test_epoch_means_come_from_device_sums():
+    losses = run_square([1.0, 2.0, 3.0])
+    assert losses["loss_a"] == pytest.approx((1 + 4 + 9) / 3, abs=1e-12)
+    assert losses["loss"] == pytest.approx(2 * (1 + 4 + 9) / 3, abs=1e-12)
+
+
+def test_a_non_finite_loss_names_the_steps_it_happened_in():
+    from sgstudy.engine import FINITE_CHECK_STEPS
+
+    values = [1.0] * (FINITE_CHECK_STEPS + 7)
+    values[FINITE_CHECK_STEPS + 3] = float("inf")  # in the second window of checks
+    with pytest.raises(
+        FloatingPointError, match=rf"steps {FINITE_CHECK_STEPS}\.\.{len(values) - 1}"
+    ):
+        run_square(values)
+    values[2] = float("nan")  # in the first window
+    with pytest.raises(FloatingPointError, match=rf"steps 0\.\.{FINITE_CHECK_STEPS - 1}"):
+        run_square(values)
+
+
+def test_mixed_precision_is_bf16_or_fp16_on_cuda_only():
+    from sgstudy.engine import autocast_dtype
+
+    assert autocast_dtype(torch.device("cpu")) is None
+    assert autocast_dtype(torch.device("cuda"), amp=False) is None
+    if torch.cuda.is_available():
+        expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        assert autocast_dtype(torch.device("cuda")) == expected

@@ -2,7 +2,9 @@
 
 Modules:
 - ``vg_format``: read, validate and write the VG150 files;
-- ``dataset``: ``SceneGraphDataset`` (train / val / test) and ``collate_scene_graphs``;
+- ``dataset``: ``SceneGraphDataset`` (train / val / test), ``collate_scene_graphs`` and
+  ``loader_workers`` (the loader's default worker count);
+- ``image_cache``: the node-local cache of decoded images (one uint8 memory map per split);
 - ``statistics``: ``compute_statistics`` -> ``DatasetStatistics`` (frequency counts, seen
   triplets, head/body/tail groups, file fingerprint);
 - ``check``: ``check_dataset``, validation plus a human summary;

@@ -13,20 +13,29 @@ Split conventions (SPEC §1, as Scene-Graph-Benchmark reads VG150):
 - ``filter_non_overlap`` (train only, for SGDet): relations whose two boxes do not
   intersect are dropped (+1 pixel convention at BOX_SCALE, as Scene-Graph-Benchmark).
 
-All annotation arrays are read once in ``__init__``; images are read lazily.
+All annotation arrays are read once in ``__init__``; images are read lazily, from their
+JPEG files or, with ``image_cache_dir``, from the node's decoded-image cache
+(``sgstudy.data.image_cache``: the same tensors, without decoding).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from sgstudy.data.image_cache import (
+    ImageCache,
+    decode_pixels,
+    open_or_build,
+    pixels_to_tensor,
+    split_key,
+)
 from sgstudy.data.vg_format import (
     BOX_SCALE,
     DICTS_NAME,
@@ -39,7 +48,7 @@ from sgstudy.data.vg_format import (
     read_meta,
     read_vg,
 )
-from sgstudy.errors import ConfigError, DatasetError
+from sgstudy.errors import ConfigError
 from sgstudy.structures import SceneGraphTarget
 
 SPLITS = ("train", "val", "test")
@@ -82,6 +91,8 @@ class SceneGraphDataset(Dataset):
 
     ``num_val_images`` None: the meta file's value, else 5,000 (VG150).
     ``filter_empty_relations`` None: True for train, False for val and test.
+    ``image_cache_dir``: a cache root folder; the split's decoded images are read from (and
+    on first use written to) ``<image_cache_dir>/<dataset fingerprint>/<split key>``.
     Item ``i``: (image (3, H, W) float32 in [0, 1], SceneGraphTarget with xyxy pixel boxes,
     1-based labels, relations (R, 3) local (subject, object, predicate)).
     """
@@ -95,6 +106,7 @@ class SceneGraphDataset(Dataset):
         filter_empty_relations: bool | None = None,
         filter_non_overlap: bool = False,
         seed: int = 0,
+        image_cache_dir: str | Path | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
@@ -115,6 +127,9 @@ class SceneGraphDataset(Dataset):
         self.annotations = select_split(
             data, split, self.num_val_images, filter_empty_relations, filter_non_overlap
         )
+        self.image_cache = (
+            None if image_cache_dir is None else self._open_cache(Path(image_cache_dir))
+        )
 
     def __len__(self) -> int:
         return len(self.annotations.h5_rows)
@@ -122,9 +137,24 @@ class SceneGraphDataset(Dataset):
     def image_path(self, index: int) -> Path:
         return image_file(self.image_folder, int(self.annotations.image_ids[index]))
 
+    def _open_cache(self, cache_root: Path) -> ImageCache:
+        # statistics imports this module, so its fingerprint is imported here.
+        from sgstudy.data.statistics import dataset_fingerprint
+
+        fingerprint = dataset_fingerprint(self.h5_path, self.dicts_path)
+        key = split_key(self.split, self.image_folder, self.annotations.image_ids)
+        paths = [self.image_path(i) for i in range(len(self))]
+        return open_or_build(cache_root / fingerprint / key, paths)
+
+    def load_image(self, index: int) -> Tensor:
+        """(3, H, W) float32 in [0, 1]: from the cache when there is one, else the JPEG."""
+        if self.image_cache is not None:
+            return self.image_cache.image(index)
+        return load_image(self.image_path(index))
+
     def __getitem__(self, index: int) -> tuple[Tensor, SceneGraphTarget]:
         a = self.annotations
-        image = load_image(self.image_path(index))
+        image = self.load_image(index)
         height, width = image.shape[1:]
         boxes = a.boxes[a.box_start[index] : a.box_start[index] + a.box_count[index]]
         if (width, height) != (a.widths[index], a.heights[index]):
@@ -154,12 +184,22 @@ def collate_scene_graphs(
 
 def load_image(path: Path) -> Tensor:
     """(3, H, W) float32 in [0, 1]; DatasetError naming the file when it does not load."""
-    try:
-        with Image.open(path) as image:
-            pixels = np.array(image.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DatasetError(f"image {path} does not load ({exc})") from exc
-    return torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255.0)
+    return pixels_to_tensor(decode_pixels(path))
+
+
+def loader_workers(requested: int | None, cpus: int | None = None) -> int:
+    """DataLoader worker processes: ``requested``, else the trial's CPUs minus one (the
+    training process keeps one for itself).
+
+    ``cpus`` None: ``OMP_NUM_THREADS`` when set (Ray sets it to the CPUs a task or actor
+    holds, so a trial sees its own share), else the CPUs this process may run on.
+    """
+    if requested is not None:
+        return int(requested)
+    if cpus is None:
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        cpus = int(threads) if threads.isdigit() else len(os.sched_getaffinity(0))
+    return max(int(cpus) - 1, 0)
 
 
 def resolve_num_val_images(root: Path, num_val_images: int | None) -> int:
@@ -254,7 +294,7 @@ def _gather(data: VGData, rows: np.ndarray, rel_index: list[np.ndarray]) -> Spli
     heights = np.array([data.images[r].height for r in rows], dtype=np.int64)
     # BOX_SCALE is the longest side of each image; repeat each image's scale over its boxes.
     scale = np.repeat(np.maximum(widths, heights) / BOX_SCALE, box_count)[:, None]
-    boxes = (cxcywh_to_xyxy(data.boxes_1024[box_rows].astype(np.float64)) * scale)
+    boxes = cxcywh_to_xyxy(data.boxes_1024[box_rows].astype(np.float64)) * scale
     rel_count = np.array([len(r) for r in rel_index], dtype=np.int64)
     flat_rels = np.concatenate(rel_index) if rel_index else np.zeros(0, dtype=np.int64)
     local = data.relationships[flat_rels] - np.repeat(first_box, rel_count)[:, None]

@@ -23,6 +23,24 @@ Follows the protocol of KaihuaTang/Scene-Graph-Benchmark.pytorch (``sgg_eval.py`
   training triplets were given, R on an empty split, a group with no predicate)
   is NaN, never a made-up 0.
 - Values are fractions in [0, 1], not percent.
+- An image with GT relations and no predicted pair counts 0 (KT skips it).
+
+``reference_compatible=True`` (off by default) reproduces KT's ``do_vg_evaluation`` in the
+three corner cases where the default differs from it on purpose:
+
+- IoU in float32, as KT's ``bbox_overlaps`` (the default: float64). This decides SGDet
+  matches whose IoU lies within about 1e-7 of the threshold.
+- KT's sorts on exact score ties: scores in the prediction's own dtype (float32 for a
+  model), the graph-constrained order of its post-processor (``torch.sort``, descending) and
+  the no-graph-constraint order of its ``argsort_desc`` (``np.argsort``, numpy's default
+  unstable sort); see ``triplet_match.rank_as_reference``. The default ranks float64 scores
+  with a stable sort, so equal scores keep their input order on every machine.
+- Images with GT relations and no predicted pair are skipped, not counted as 0.
+
+Evaluation runs batched in torch (``batched``): ``process`` buffers the images and ranks and
+matches them a chunk at a time on ``device`` (CUDA when present); the per-image numpy path
+(``batched=False``, and always with ``reference_compatible``) gives the same metrics up to
+the order of floating-point sums.
 """
 
 from __future__ import annotations
@@ -31,19 +49,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from sgstudy import metric_names
 from sgstudy.errors import ConfigError, DatasetError
+from sgstudy.evaluation.batched import PackedImages, pack_images, pooled_hits
+from sgstudy.evaluation.pooled import PooledImages, concatenate_pools
 from sgstudy.evaluation.triplet_match import (
+    RankedTriplets,
     box_iou_plus_one,
     first_match_rank,
+    rank_as_reference,
     rank_with_graph_constraint,
     rank_without_graph_constraint,
 )
 from sgstudy.structures import SceneGraphPrediction, SceneGraphTarget
 
 PROTOCOLS: tuple[str, ...] = ("predcls", "sgcls", "sgdet")
+# The batched path ranks a chunk of images at once; its largest tensor holds
+# images x (most pairs of an image) x C float32 scores, kept under 8 MiB so that the
+# allocator reuses memory instead of faulting in fresh pages for every chunk.
+CHUNK_SCORES = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -89,6 +116,9 @@ class SceneGraphEvaluator:
     train_triplets:   (T, 3) (subject label, predicate, object label) seen in training; None
                       leaves the zero-shot metrics NaN
     predicate_groups: "head"/"body"/"tail" -> predicate ids; adds the group metrics
+    reference_compatible: reproduce KT's three corner cases (module docstring); per image
+    batched:          rank and match chunks of images at once in torch (else per image, numpy)
+    device:           where the batched path runs; None: CUDA when present, else the CPU
     """
 
     def __init__(
@@ -99,6 +129,9 @@ class SceneGraphEvaluator:
         predicate_groups: dict[str, list[int]] | None = None,
         ks: tuple[int, ...] = metric_names.RECALL_KS,
         iou_threshold: float = 0.5,
+        reference_compatible: bool = False,
+        batched: bool = True,
+        device: str | torch.device | None = None,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ConfigError(f"protocol: unknown value {protocol!r}; expected one of {PROTOCOLS}")
@@ -114,24 +147,61 @@ class SceneGraphEvaluator:
         self.iou_threshold = float(iou_threshold)
         self.predicate_groups = _checked_groups(predicate_groups, self.num_predicates)
         self._train_keys = None if train_triplets is None else _train_triplet_keys(train_triplets)
-        self._images: list[ImageHits] = []
+        self.reference_compatible = bool(reference_compatible)
+        self.batched = bool(batched) and not self.reference_compatible
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.reset()
 
     def reset(self) -> None:
-        self._images = []
+        self._images: list[ImageHits] = []  # the per-image path's images
+        self._pools: list[PooledImages] = []  # the batched path's finished chunks
+        self._pending: list[PackedImages] = []  # the batched path's images not ranked yet
+        self._pending_size = (0, 0)  # (images, most pairs of one image) in _pending
 
     def process(
         self, targets: list[SceneGraphTarget], predictions: list[SceneGraphPrediction]
     ) -> None:
-        """Scores one batch; images without GT relations are skipped."""
+        """Scores one batch (batched: checks it and queues it); images without GT relations
+        are skipped."""
         if len(targets) != len(predictions):
             raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions")
+        if self.batched:
+            packed = pack_images(targets, predictions, self.protocol, self.num_predicates)
+            if packed is not None:
+                self._queue(packed)
+            return
         for target, prediction in zip(targets, predictions):
             hits = self._image_hits(target, prediction)
             if hits is not None:
                 self._images.append(hits)
 
+    def _queue(self, packed: PackedImages) -> None:
+        """Ranks the queued images first when adding ``packed`` would pass CHUNK_SCORES."""
+        images = self._pending_size[0] + packed.num_images
+        widest = max(self._pending_size[1], packed.max_pairs)
+        if self._pending and images * widest * self.num_predicates > CHUNK_SCORES:
+            self._flush()
+            images, widest = packed.num_images, packed.max_pairs
+        self._pending.append(packed)
+        self._pending_size = (images, widest)
+
+    def _flush(self) -> None:
+        if self._pending:
+            chunk = PackedImages.cat(self._pending)
+            self._pending, self._pending_size = [], (0, 0)
+            self._pools.append(
+                pooled_hits(
+                    chunk, self.ks, self.iou_threshold, self.num_predicates,
+                    self._train_keys, self.device,
+                )
+            )  # fmt: skip
+
     def evaluate(self) -> EvaluationResult:
-        totals = _pool_images(self._images, self.num_predicates, len(self.ks))
+        self._flush()
+        per_image = _pool_images(self._images, self.num_predicates, len(self.ks))
+        totals = concatenate_pools([per_image, *self._pools])
         class_recall = _class_recall(totals.class_sum, totals.class_images)  # (nK, C)
         ng_class_recall = _class_recall(totals.ng_class_sum, totals.class_images)
         per_family = {  # family -> (nK,) values, in metric_names.RECALL_FAMILIES order
@@ -152,7 +222,7 @@ class SceneGraphEvaluator:
                 columns = np.asarray(self.predicate_groups.get(group, []), dtype=np.int64) - 1
                 for i, k in enumerate(self.ks):
                     metrics[metric_names.group_key(group, k)] = _mean(class_recall[i, columns])
-        metrics["num_images"] = float(len(self._images))
+        metrics["num_images"] = float(totals.image_recall.shape[1])
         return EvaluationResult(
             metrics=metrics,
             per_predicate_recall={k: class_recall[i] for i, k in enumerate(self.ks)},
@@ -176,13 +246,12 @@ class SceneGraphEvaluator:
         boxes, labels, label_scores, pairs, predicate_scores = self._checked_prediction(
             prediction, target
         )
-        box_matches = box_iou_plus_one(_numpy(target.boxes), boxes) >= self.iou_threshold
-        k_max = max(self.ks)
+        if self.reference_compatible and pairs.shape[0] == 0:
+            return None  # KT returns before scoring an image without predicted pairs
+        iou_dtype = np.float32 if self.reference_compatible else np.float64
+        box_matches = box_iou_plus_one(_numpy(target.boxes), boxes, iou_dtype) >= self.iou_threshold
         ks = np.asarray(self.ks, dtype=np.int64)[:, None]  # (nK, 1)
-        rankings = (
-            rank_with_graph_constraint(pairs, predicate_scores, label_scores, k_max),
-            rank_without_graph_constraint(pairs, predicate_scores, label_scores, k_max),
-        )
+        rankings = self._rankings(pairs, predicate_scores, label_scores)
         recalled = [  # each (nK, R) bool: GT triplet recalled at K
             first_match_rank(gt_relations, gt_labels, labels, box_matches, ranked)[None, :] < ks
             for ranked in rankings
@@ -202,12 +271,28 @@ class SceneGraphEvaluator:
             ng_unseen_hits=(recalled[1] & unseen).sum(axis=1),
         )
 
+    def _rankings(
+        self, pairs: np.ndarray, predicate_scores: np.ndarray, label_scores: np.ndarray
+    ) -> tuple[RankedTriplets, RankedTriplets]:
+        """(graph-constrained, unconstrained) top max(ks) triplets of one image."""
+        k_max = max(self.ks)
+        if self.reference_compatible:
+            return (
+                rank_as_reference(pairs, predicate_scores, label_scores, k_max, True),
+                rank_as_reference(pairs, predicate_scores, label_scores, k_max, False),
+            )
+        scores = label_scores.astype(np.float64)
+        return (
+            rank_with_graph_constraint(pairs, predicate_scores, scores, k_max),
+            rank_without_graph_constraint(pairs, predicate_scores, scores, k_max),
+        )
+
     def _checked_prediction(
         self, prediction: SceneGraphPrediction, target: SceneGraphTarget
     ) -> tuple[np.ndarray, ...]:
         boxes = _numpy(prediction.boxes).reshape(-1, 4)
         labels = _numpy(prediction.labels).astype(np.int64)
-        label_scores = _numpy(prediction.label_scores).astype(np.float64)
+        label_scores = _numpy(prediction.label_scores)
         pairs = _numpy(prediction.pairs).astype(np.int64).reshape(-1, 2)
         columns = self.num_predicates + 1
         predicate_scores = _numpy(prediction.predicate_scores)
@@ -251,21 +336,7 @@ class SceneGraphEvaluator:
         return self._train_keys[position] != keys
 
 
-@dataclass(frozen=True)
-class _PooledImages:
-    """Per-image values stacked over the evaluated images (I images, nK cut-offs, C predicates)."""
-
-    image_recall: np.ndarray  # (nK, I)
-    ng_image_recall: np.ndarray  # (nK, I)
-    unseen_recall: np.ndarray  # (nK, I_unseen), images with an unseen triplet only
-    ng_unseen_recall: np.ndarray  # (nK, I_unseen)
-    class_sum: np.ndarray  # (nK, C) sum over images of per-image class recall
-    ng_class_sum: np.ndarray  # (nK, C)
-    class_images: np.ndarray  # (C,) images containing each predicate
-    eval_counts: np.ndarray  # (C,) GT triplets per predicate
-
-
-def _pool_images(images: list[ImageHits], num_predicates: int, num_ks: int) -> _PooledImages:
+def _pool_images(images: list[ImageHits], num_predicates: int, num_ks: int) -> PooledImages:
     def stacked(name: str) -> np.ndarray:  # (nK, sum of the per-image widths)
         parts = [getattr(image, name).reshape(num_ks, -1) for image in images]
         return np.concatenate(parts, axis=1) if parts else np.zeros((num_ks, 0))
@@ -279,7 +350,7 @@ def _pool_images(images: list[ImageHits], num_predicates: int, num_ks: int) -> _
     unseen = np.array([image.num_unseen for image in images], dtype=np.float64)  # (I,)
     has_unseen = unseen > 0
     size = num_predicates + 1
-    return _PooledImages(
+    return PooledImages(
         image_recall=_sum_by(image_of, hits, len(images)) / np.maximum(gt_per_image, 1),
         ng_image_recall=_sum_by(image_of, ng_hits, len(images)) / np.maximum(gt_per_image, 1),
         unseen_recall=stacked("unseen_hits")[:, has_unseen] / unseen[has_unseen],

@@ -14,6 +14,8 @@ pairs or triplets.
 Ties in the ranking keep the candidates' input order (a stable sort), pair-major
 then predicate-minor for the no-graph-constraint ranking, so that any correct
 implementation that breaks ties the same way gives identical results.
+``rank_as_reference`` instead reproduces the reference's own order, ties included (see
+``SceneGraphEvaluator``'s ``reference_compatible``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 # Rank given to a GT triplet that no candidate matches: larger than any K.
 NO_MATCH = np.iinfo(np.int64).max
@@ -42,14 +45,18 @@ class RankedTriplets:
     scores: np.ndarray
 
 
-def box_iou_plus_one(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+def box_iou_plus_one(
+    boxes_a: np.ndarray, boxes_b: np.ndarray, dtype: type = np.float64
+) -> np.ndarray:
     """Pairwise IoU of xyxy boxes with KT's +1 pixel convention: a box (x1, y1, x2, y2)
     covers (x2 - x1 + 1) x (y2 - y1 + 1) pixels, because VG boxes name inclusive pixels.
+    Every step runs in ``dtype``: KT's ``bbox_overlaps`` casts the boxes to float32 (its
+    ``BoxList``) and computes there.
 
-    boxes_a: (N, 4), boxes_b: (M, 4) -> (N, M) float64
+    boxes_a: (N, 4), boxes_b: (M, 4) -> (N, M) of ``dtype``
     """
-    a = boxes_a.astype(np.float64, copy=False)[:, None, :]  # (N, 1, 4)
-    b = boxes_b.astype(np.float64, copy=False)[None, :, :]  # (1, M, 4)
+    a = boxes_a.astype(dtype, copy=False)[:, None, :]  # (N, 1, 4)
+    b = boxes_b.astype(dtype, copy=False)[None, :, :]  # (1, M, 4)
     top_left = np.maximum(a[..., :2], b[..., :2])  # (N, M, 2)
     bottom_right = np.minimum(a[..., 2:], b[..., 2:])
     wh = np.clip(bottom_right - top_left + 1.0, 0.0, None)
@@ -110,6 +117,46 @@ def rank_without_graph_constraint(
         foreground * label_scores[pairs[:, 0], None] * label_scores[pairs[:, 1], None]
     ).ravel()  # (P * C,) pair-major
     order = top_k_stable(triplet_scores, k)
+    pair_index, predicate_column = np.divmod(order, foreground.shape[1])
+    return RankedTriplets(
+        pairs[pair_index, 0], pairs[pair_index, 1], predicate_column + 1, triplet_scores[order]
+    )
+
+
+def rank_as_reference(
+    pairs: np.ndarray,
+    predicate_scores: np.ndarray,
+    label_scores: np.ndarray,
+    k: int,
+    graph_constraint: bool,
+) -> RankedTriplets:
+    """The order Scene-Graph-Benchmark ranks in, ties included, on this machine.
+
+    Scores stay in the prediction's own float dtype (float32 for a model's output) and are
+    multiplied in the reference's order:
+    - graph constraint: its relation post-processor sorts predicate score x subject score x
+      object score with ``torch.sort(descending=True)``, which does not keep input order on
+      ties, and its evaluator keeps that order;
+    - no graph constraint: its ``argsort_desc`` is ``np.argsort`` (numpy's default, unstable
+      sort) of minus (subject score x object score) x predicate score, pair-major.
+    Both sorts are deterministic for one torch/numpy build and CPU, so the reference's
+    evaluation on the same machine ties the same way.
+
+    pairs: (P, 2) int64, predicate_scores: (P, C + 1), label_scores: (N,) -> top min(P(C), k)
+    """
+    foreground = predicate_scores[:, 1:]  # (P, C)
+    if pairs.shape[0] == 0 or foreground.shape[1] == 0:
+        return _empty_ranking()
+    subject_scores, object_scores = label_scores[pairs[:, 0]], label_scores[pairs[:, 1]]
+    if graph_constraint:
+        best = foreground.argmax(axis=1)  # (P,) the reference's evaluator takes numpy's argmax
+        triplet_scores = foreground[np.arange(len(best)), best] * subject_scores * object_scores
+        order = torch.sort(torch.from_numpy(triplet_scores), descending=True).indices.numpy()[:k]
+        return RankedTriplets(
+            pairs[order, 0], pairs[order, 1], best[order] + 1, triplet_scores[order]
+        )
+    triplet_scores = ((subject_scores * object_scores)[:, None] * foreground).ravel()
+    order = np.argsort(-triplet_scores)[:k]  # the default kind on purpose: the reference's
     pair_index, predicate_column = np.divmod(order, foreground.shape[1])
     return RankedTriplets(
         pairs[pair_index, 0], pairs[pair_index, 1], predicate_column + 1, triplet_scores[order]
