@@ -69,14 +69,20 @@ def cmd_ui(args: argparse.Namespace) -> None:
     import sys
 
     from sgstudy.errors import UserError
-    from sgstudy.tracking import resolve_tracking_uri, sqlite_path
+    from sgstudy.tracking import make_client, resolve_tracking_uri, sqlite_path
+    from sgstudy.tracking_ui import study_pages
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///") and not sqlite_path(uri).is_file():
         raise UserError(f"no MLflow store at {sqlite_path(uri)}: run a study first")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    base_url = f"http://127.0.0.1:{args.port}"
+    pages = study_pages(make_client(uri), base_url, args.study)
+    # One worker: a UI for one person; MLflow's default of 4 only competes with the trainings.
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--workers", "1"]
     command += ["--host", "127.0.0.1", "--port", str(args.port)]
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI for {uri} at {base_url} (Ctrl-C stops it)", flush=True)
+    for study, url in pages:
+        print(f"{study}: {url}", flush=True)
     subprocess.run(command, check=False)
 
 
@@ -135,6 +141,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     studies.set_defaults(handler=cmd_studies)
     add_run_parser(subparsers)
     ui = subparsers.add_parser("ui", help="open the MLflow UI on the study runs")
+    ui.add_argument("study", nargs="?", help="print the URL of this study's runs (default: all)")
     ui.add_argument("--tracking-uri", help="default: sqlite:///./mlflow.db")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(handler=cmd_ui)
