@@ -4,6 +4,7 @@ must rank p first."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 
@@ -12,6 +13,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from reports.dashboard import INSTALL_HINT, dashboard_command, study_storage
 from reports.report import write_report
 from reports.results import load_study_results
 from reports.search_analysis import (
@@ -20,6 +22,7 @@ from reports.search_analysis import (
     top_configurations,
     wants_search_analysis,
 )
+from sgstudy.cli import main
 from sgstudy.tracking_layout import PARENT_TAG, ROLE_STUDY, ROLE_TAG, ROLE_TRIAL
 
 STUDY = "align-motifs-tpe"
@@ -122,3 +125,17 @@ def test_a_small_grid_gets_no_search_analysis(store):
     assert wants_search_analysis(small_grid)  # 12 finished trials: >= 10
     fewer = small_grid.__class__(**{**small_grid.__dict__, "runs": results.runs.head(9)})
     assert not wants_search_analysis(fewer)
+
+
+def test_dashboard_finds_the_launchs_storage_and_needs_its_extra(store, tmp_path, capsys):
+    """``sgstudy dashboard`` serves the storage the latest launch logged; without the optional
+    optuna-dashboard package it is one error line naming how to install it, exit 2."""
+    storage, name = study_storage(STUDY, store)
+    assert storage.endswith("/optuna.db") and name == f"{LAUNCH}-20260101-120000"
+    assert dashboard_command(storage, 8080)[-2:] == [storage, "8080"]
+    if importlib.util.find_spec("optuna_dashboard") is not None:
+        pytest.skip("optuna-dashboard is installed: the missing-extra message cannot show")
+    assert main(["dashboard", STUDY, "--tracking-uri", store]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: optuna-dashboard is not installed; install it with {INSTALL_HINT}"
+    ]

@@ -126,6 +126,23 @@ def cmd_ui(args: argparse.Namespace) -> None:
     subprocess.run(command, check=False)
 
 
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    import subprocess
+
+    from reports.dashboard import dashboard_command, require_dashboard, study_storage
+    from sgstudy.tracking_layout import default_tracking_uri
+
+    require_dashboard()
+    storage, name = args.optuna_storage, None
+    if storage is None:
+        storage, name = study_storage(args.study, args.tracking_uri or default_tracking_uri())
+    shown = f" (Optuna study {name})" if name else ""
+    print(
+        f"optuna-dashboard for {storage}{shown} at http://127.0.0.1:{args.port} (Ctrl-C stops it)"
+    )
+    subprocess.run(dashboard_command(storage, args.port), check=False)
+
+
 def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("run", help="run a study on Ray Tune, tracked in MLflow")
     add_launch_flags(p)
@@ -204,3 +221,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     ui.add_argument("--tracking-uri", help="default: sqlite:///./mlflow.db")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(handler=cmd_ui)
+    dash = subparsers.add_parser(
+        "dashboard", help="optuna-dashboard on a study's Optuna storage (optional extra)"
+    )
+    dash.add_argument("study")
+    dash.add_argument("--tracking-uri", help="default: sqlite:///./mlflow.db")
+    dash.add_argument("--optuna-storage", help="default: the storage the study's launch used")
+    dash.add_argument("--port", type=int, default=8080)
+    dash.set_defaults(handler=cmd_dashboard)
