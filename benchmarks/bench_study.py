@@ -170,6 +170,7 @@ def run_study(
         "--address", "local",
         # The overhead of running trials; the plan's calibration run is a separate, opt-out cost.
         "--no-calibration",
+        "--ray-table",  # the trial start and end lines below are Ray's
     ]  # fmt: skip
     lines: list[str] = []
     marks: dict[str, float] = {}

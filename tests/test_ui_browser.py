@@ -83,6 +83,13 @@ def test_ui_opens_on_the_child_runs_with_their_mr50_column(tmp_path, synthetic_r
     args = ("--data", data_root, "--epochs", 1, "--values", "0.1")
     driver = run_to_end(sgstudy_run(STUDY, *args), cwd=workdir, logs=tmp_path / "run")
     assert driver.proc.returncode == 0, driver.tail()
+    # While it ran: one line per finished trial, the last one ending the launch.
+    lines = re.findall(r"^trial (\d)/2 (.+ seed 0): mR@50 [0-9.]+, mR@100 [0-9.]+ in .+; (.+)$",
+                       driver.stdout(), re.M)  # fmt: skip
+    assert [done for done, _, _ in lines] == ["1", "2"], driver.tail()
+    assert {name for _, name, _ in lines} == {trial_run_name(v, 0) for v in ("baseline", "p=0.1")}
+    assert lines[0][2].startswith("launch ETA") and lines[1][2] == "launch done"
+    assert "Trial status" not in driver.stdout()  # Ray's table only with --ray-table
 
     port = free_port()
     ui = start(

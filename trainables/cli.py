@@ -56,6 +56,8 @@ def options_from_args(args: argparse.Namespace) -> object:
         values=args.values,
         max_failures=args.max_failures,
         log_checkpoints=args.log_checkpoints,
+        # Ray's status table only when asked: one line per finished trial is printed anyway.
+        verbose=1 if args.ray_table else 0,
     )
 
 
@@ -209,6 +211,9 @@ def add_launch_flags(p: argparse.ArgumentParser) -> None:
         "--no-calibration", action="store_true", help="plan without timing a trial (no times)"
     )
     p.add_argument("--price-per-gpu-hour", type=float, help="the plan shows the launch's cost")
+    p.add_argument(
+        "--ray-table", action="store_true", help="also print Ray Tune's trial table and results"
+    )
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
