@@ -14,6 +14,7 @@ memory bandwidth or a GPU (the calibration runs one trial alone).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ class LaunchEstimate:
     trial_s: float = math.nan
     trial_pm: float = math.nan
     price_per_gpu_hour: float | None = None
+    calibration_error: str | None = None  # why there are no times, when the run failed
 
     @property
     def waves(self) -> int:
@@ -83,7 +85,13 @@ def plan_launch(
     if calibration_steps is not None:
         variant, flat = calibration_trial(plan)
         cpus, gpus = options.cpus_per_trial, options.gpus_per_trial
-        measured = calibrate(flat, variant, cpus, gpus, calibration_steps)
+        try:
+            measured = calibrate(flat, variant, cpus, gpus, calibration_steps)
+        except ray.exceptions.RayError as exc:  # e.g. the node ran out of memory
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            failed = f"{type(exc).__name__}: {first}"
+            estimate = estimate_launch(plan, cluster, concurrent, None, price_per_gpu_hour)
+            return dataclasses.replace(estimate, calibration_error=failed)
     return estimate_launch(plan, cluster, concurrent, measured, price_per_gpu_hour)
 
 
@@ -137,7 +145,9 @@ def format_plan(estimate: LaunchEstimate) -> str:
 def timing_rows(estimate: LaunchEstimate) -> list[tuple[str, str]]:
     measured = estimate.calibration
     if measured is None:
-        return [("times", "not measured (no calibration run)")]
+        why = estimate.calibration_error
+        return [("times", f"not measured: the calibration run failed ({why})" if why else
+                          "not measured (no calibration run)")]  # fmt: skip
     options = estimate.plan.options
     steps = len(measured.step_s)
     step_mean = sum(measured.step_s) / steps
