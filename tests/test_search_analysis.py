@@ -119,7 +119,7 @@ def test_report_of_a_search_has_its_figures_and_top_five(store, report):
     assert [row.split(" | ")[1] for row in rows] == list(top["run_name"])
 
 
-def test_a_small_grid_gets_no_search_analysis(store):
+def test_a_grid_gets_a_search_analysis_from_ten_finished_trials(store):
     results = load_study_results(STUDY, store)
     small_grid = results.__class__(**{**results.__dict__, "study": "align-motifs-p"})
     assert wants_search_analysis(small_grid)  # 12 finished trials: >= 10
