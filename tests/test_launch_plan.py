@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from sgstudy.cli import main
+from sgstudy.config import RunConfig
 from trainables.calibration import Calibration, measure_trial
 from trainables.launch_estimate import calibration_trial, estimate_launch, format_plan
 from trainables.plan import StudyOptions, plan_study, resolve_max_concurrent
@@ -85,6 +86,10 @@ def test_plan_without_calibration_says_times_are_not_measured(data_root):
     text = format_plan(estimate)
     assert "12 = 12 search trials × 1 seeds" in text
     assert "not measured" in text and "GPU-hours" not in text
+    # A search study's calibration trial: its own model keys, the paper's p and λ, a valid config.
+    variant, flat = calibration_trial(plan)
+    assert variant == "p=0.1, λ=10" and (flat["model"], flat["protocol"]) == ("motifs", "predcls")
+    assert RunConfig.from_flat(flat).model.align.mask_ratio == 0.1
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from search_spaces.studies import BASELINE, DEFAULT_LAMBDA, DEFAULT_P, MODEL_KEYS
+from search_spaces.studies import BASELINE, DEFAULT_LAMBDA, DEFAULT_P
 from trainables.calibration import DEFAULT_STEPS, WARMUP_STEPS, Calibration
 from trainables.plan import StudyPlan, resolve_max_concurrent
 from trainables.trial import TRIAL_KEYS
@@ -54,8 +54,20 @@ class LaunchEstimate:
 
 def calibration_trial(plan: StudyPlan) -> tuple[str, dict[str, Any]]:
     """The trial the calibration times and its flat run config: an aligned one (the alignment
-    branch adds work), the first seed; a search study's trial at the paper's p and λ."""
-    seed = plan.seeds[0]
+    branch adds work), the first seed; a search study's trial at the paper's p and λ.
+
+    The study's own search space gives the keys every trial shares (model family, protocol),
+    asked once on a throwaway in-memory Optuna study, as ``trainables.plan.check_trial_configs`` does.
+    """
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line
+    try:
+        study = optuna.create_study(sampler=plan.spec.sampler(plan.seeds))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    constants = plan.spec.space_fn(plan.seeds)(study.ask())
     if plan.spec.grid:
         aligned = [v for v in plan.spec.grid if v != BASELINE]
         variant = aligned[0] if aligned else next(iter(plan.spec.grid))
@@ -63,7 +75,7 @@ def calibration_trial(plan: StudyPlan) -> tuple[str, dict[str, Any]]:
     else:
         variant = f"p={DEFAULT_P:g}, λ={DEFAULT_LAMBDA:g}"
         keys = {"align": True, "mask_ratio": DEFAULT_P, "align_weight": DEFAULT_LAMBDA}
-    flat = {**keys, **MODEL_KEYS, **plan.param_space, "seed": seed}
+    flat = {**constants, **keys, **plan.param_space, "seed": plan.seeds[0]}
     return variant, {k: v for k, v in flat.items() if k not in TRIAL_KEYS}
 
 
