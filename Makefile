@@ -25,7 +25,7 @@ demo: $(STAMP) $(DATA)/VG-SGG-with-attri.h5
 	$(BIN)/sgstudy run align-motifs-p --data $(DATA) --preset tiny \
 		$(if $(wildcard ray_results/align-motifs-p),--resume)
 	$(BIN)/sgstudy report align-motifs-p --out reports_out
-	@echo "Compare the runs in the MLflow UI: $(BIN)/sgstudy ui   (then open http://127.0.0.1:5000)"
+	@echo "Compare the runs in the MLflow UI: $(BIN)/sgstudy ui align-motifs-p   (then open the URL it prints)"
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -168,6 +168,9 @@ def run_study(
         "--epochs", str(epochs), "--cpus-per-trial", f"{cpus_per_trial:g}",
         # "local" always starts a fresh Ray here; no address would join a `ray start` cluster.
         "--address", "local",
+        # The overhead of running trials; the plan's calibration run is a separate, opt-out cost.
+        "--no-calibration",
+        "--ray-table",  # the trial start and end lines below are Ray's
     ]  # fmt: skip
     lines: list[str] = []
     marks: dict[str, float] = {}

@@ -11,6 +11,9 @@ Files in ``out_dir`` (tables in each requested format of md, tex, csv):
 - ``sensitivity_p.png/.svg``, ``sensitivity_lambda.png/.svg``: for each swept parameter;
 - ``complexity.md``: for a referring-relationship study, the DSG supplement's Table 1 as the
   study driver measured it at launch;
+
+- for a search study (``reports.search_analysis``): ``search_importance``, ``search_parallel``,
+  ``search_p_lambda`` and ``search_history`` (``.png/.svg``) and a top-5 table in ``index.md``;
 - ``runs.csv`` (every finished run and its final metrics), ``excluded.csv`` (with reasons);
 - ``index.md``, which embeds the tables and links the figures by relative path.
 
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports import methods, plots, tables
+from reports import methods, plots, search_analysis, search_plots, tables
 from reports.results import (
     StudyResults,
     load_study_results,
@@ -109,6 +112,7 @@ def write_report(
         sections += sensitivity_sections(results, out_dir, written)
         if referring:
             sections += complexity_sections(results, out_dir, written)
+        sections += search_sections(results, out_dir, written)
         sections += info_sections(results)
         written += write_run_lists(results, out_dir)
         parent = results.latest_parent_run_id if log_to_mlflow else None
@@ -285,6 +289,33 @@ def parent_artifact_text(results: StudyResults, name: str) -> str | None:
         except (MlflowException, OSError):
             return None
         return Path(path).read_text()
+
+def search_sections(results: StudyResults, out_dir: Path, written: list[Path]) -> list[Section]:
+    """Importances, parallel coordinates, p × λ, history and the top 5 of a search study."""
+    if not search_analysis.wants_search_analysis(results):
+        return []
+    body = "Finished runs, best first by mR@50:\n\n" + search_analysis.top_table(results.runs)
+    body += "\n"
+    search = search_analysis.load_search_trials(results)
+    enough = search_analysis.MIN_IMPORTANCE_TRIALS
+    if len(search.trials) >= enough:
+        importances = search_analysis.param_importances(search)
+        stores = ", ".join(f"`{name}` in `{storage}`" for storage, name in search.studies)
+        body += f"fANOVA over the {len(search.trials)} complete trials of Optuna study {stores}:"
+        body += "\n\n" + search_analysis.importance_table(importances) + "\n"
+        fig = search_plots.importance_figure(importances, len(search.trials))
+        body += figure_markdown(fig, out_dir / "search_importance", written, "importance")
+    else:
+        body += f"Fewer than {enough} complete Optuna trials: no parameter importances.\n\n"
+    if search.trials:
+        fig = search_plots.history_figure(search.values)
+        body += figure_markdown(fig, out_dir / "search_history", written, "history")
+    if results.runs["align"].any():
+        fig = search_plots.parallel_figure(results.runs)
+        body += figure_markdown(fig, out_dir / "search_parallel", written, "parallel coordinates")
+        fig = search_plots.scatter_figure(results.runs)
+        body += figure_markdown(fig, out_dir / "search_p_lambda", written, "p × λ")
+    return [Section("Search analysis", body)]
 
 
 def figure_markdown(fig: object, stem: Path, written: list[Path], alt: str) -> str:

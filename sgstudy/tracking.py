@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from sgstudy import tracking_ui
 from sgstudy.errors import UserError
 from sgstudy.tracking_layout import (
     NODE_ID_TAG,
@@ -145,12 +146,14 @@ def get_or_create_experiment(client: Any, study: str, tracking_uri: str) -> str:
         # Next to the database, not in whatever directory the driver happens to run from.
         location = (sqlite_path(tracking_uri).parent / "mlartifacts" / study).as_uri()
     try:
-        return client.create_experiment(study, artifact_location=location)
+        experiment_id = client.create_experiment(study, artifact_location=location)
     except Exception:  # another driver created it in the meantime
         experiment = client.get_experiment_by_name(study)
         if experiment is None:
             raise
         return experiment.experiment_id
+    tracking_ui.mark_experiment(client, experiment_id)
+    return experiment_id
 
 
 def start_study_run(
@@ -160,7 +163,12 @@ def start_study_run(
     run = client.create_run(
         experiment_id,
         run_name=launch,
-        tags={ROLE_TAG: ROLE_STUDY, STUDY_TAG: study, LAUNCH_TAG: launch},
+        tags={
+            ROLE_TAG: ROLE_STUDY,
+            STUDY_TAG: study,
+            LAUNCH_TAG: launch,
+            tracking_ui.NOTE_TAG: tracking_ui.launch_description(params),
+        },
     )
     log_params(client, run.info.run_id, params)
     return run.info.run_id

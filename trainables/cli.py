@@ -1,4 +1,4 @@
-"""The study subcommands of ``sgstudy``: ``studies``, ``run`` and ``ui``.
+"""The study subcommands of ``sgstudy``: ``studies``, ``run``, ``plan`` and ``ui``.
 
 ``register_cli`` adds them to the main parser (``sgstudy.cli``). Nothing heavy is imported
 here: Ray, Optuna, MLflow and torch load inside the handlers, so ``sgstudy --help`` is instant.
@@ -33,34 +33,76 @@ def cmd_studies(args: argparse.Namespace) -> None:
     print(describe_studies())
 
 
-def cmd_run(args: argparse.Namespace) -> None:
+def options_from_args(args: argparse.Namespace) -> object:
     from trainables.plan import StudyOptions
+
+    return StudyOptions(
+        study=args.study,
+        data_root=args.data,
+        preset=args.preset,
+        seeds=args.seeds,
+        tracking_uri=args.tracking_uri,
+        address=args.address,
+        resume=args.resume,
+        max_concurrent=args.max_concurrent,
+        gpus_per_trial=args.gpus_per_trial,
+        cpus_per_trial=args.cpus_per_trial,
+        workers_per_trial=args.workers_per_trial,
+        scheduler=None if args.scheduler == "none" else args.scheduler,
+        optuna_storage=args.optuna_storage,
+        storage_path=args.storage_path,
+        epochs=args.epochs,
+        name=args.name,
+        values=args.values,
+        max_failures=args.max_failures,
+        log_checkpoints=args.log_checkpoints,
+        detector=args.detector,
+        # Ray's status table only when asked: one line per finished trial is printed anyway.
+        verbose=1 if args.ray_table else 0,
+    )
+
+
+def print_plan(options: object, args: argparse.Namespace) -> None:
+    """Validates the launch, joins (or starts) Ray and prints the plan; Ray stays up."""
+    from sgstudy.errors import ConfigError
+    from trainables.launch_estimate import format_plan, plan_launch
+    from trainables.plan import plan_study
+    from trainables.study import connect_ray
+
+    if args.calibration_steps is not None and args.calibration_steps < 2:
+        raise ConfigError(f"--calibration-steps must be >= 2, got {args.calibration_steps}")
+    if args.price_per_gpu_hour is not None and not args.price_per_gpu_hour >= 0:
+        raise ConfigError(f"--price-per-gpu-hour must be >= 0, got {args.price_per_gpu_hour:g}")
+    plan = plan_study(options)
+    connect_ray(options.address)
+    steps = None if args.no_calibration else args.calibration_steps
+    print(format_plan(plan_launch(plan, steps, args.price_per_gpu_hour)), flush=True)
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    import ray
+
+    try:
+        print_plan(options_from_args(args), args)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    import ray
+
     from trainables.study import run_study
 
-    outcome = run_study(
-        StudyOptions(
-            study=args.study,
-            data_root=args.data,
-            preset=args.preset,
-            seeds=args.seeds,
-            tracking_uri=args.tracking_uri,
-            address=args.address,
-            resume=args.resume,
-            max_concurrent=args.max_concurrent,
-            gpus_per_trial=args.gpus_per_trial,
-            cpus_per_trial=args.cpus_per_trial,
-            workers_per_trial=args.workers_per_trial,
-            scheduler=None if args.scheduler == "none" else args.scheduler,
-            optuna_storage=args.optuna_storage,
-            storage_path=args.storage_path,
-            epochs=args.epochs,
-            name=args.name,
-            values=args.values,
-            max_failures=args.max_failures,
-            log_checkpoints=args.log_checkpoints,
-            detector=args.detector,
-        )
-    )
+    options = options_from_args(args)
+    try:
+        print_plan(options, args)
+        if args.dry_run:
+            return
+        outcome = run_study(options)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
     print(f"\nMLflow: {outcome.tracking_uri}, experiment {outcome.study}")
     print(f"report: sgstudy report {outcome.study} --tracking-uri {outcome.tracking_uri}")
 
@@ -70,19 +112,52 @@ def cmd_ui(args: argparse.Namespace) -> None:
     import sys
 
     from sgstudy.errors import UserError
-    from sgstudy.tracking import resolve_tracking_uri, sqlite_path
+    from sgstudy.tracking import make_client, resolve_tracking_uri, sqlite_path
+    from sgstudy.tracking_ui import study_pages
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///") and not sqlite_path(uri).is_file():
         raise UserError(f"no MLflow store at {sqlite_path(uri)}: run a study first")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    base_url = f"http://127.0.0.1:{args.port}"
+    pages = study_pages(make_client(uri), base_url, args.study)
+    # One worker: a UI for one person; MLflow's default of 4 only competes with the trainings.
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--workers", "1"]
     command += ["--host", "127.0.0.1", "--port", str(args.port)]
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI for {uri} at {base_url} (Ctrl-C stops it)", flush=True)
+    for study, url in pages:
+        print(f"{study}: {url}", flush=True)
     subprocess.run(command, check=False)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    import subprocess
+
+    from reports.dashboard import dashboard_command, require_dashboard, study_storage
+    from sgstudy.tracking_layout import default_tracking_uri
+
+    require_dashboard()
+    storage, name = args.optuna_storage, None
+    if storage is None:
+        storage, name = study_storage(args.study, args.tracking_uri or default_tracking_uri())
+    shown = f" (Optuna study {name})" if name else ""
+    print(
+        f"optuna-dashboard for {storage}{shown} at http://127.0.0.1:{args.port} (Ctrl-C stops it)"
+    )
+    subprocess.run(dashboard_command(storage, args.port), check=False)
 
 
 def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("run", help="run a study on Ray Tune, tracked in MLflow")
+    add_launch_flags(p)
+    p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p.set_defaults(handler=cmd_run)
+    plan = subparsers.add_parser("plan", help="what a launch takes: trials, time, GPU-hours, cost")
+    add_launch_flags(plan)
+    plan.set_defaults(handler=cmd_plan)
+
+
+def add_launch_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of ``run`` and ``plan``: the launch, its resources, the plan's calibration."""
     p.add_argument("study", help="a study name (sgstudy studies lists them)")
     p.add_argument(
         "--data", required=True, help="dataset root (VG150 layout), same path on every node"
@@ -130,7 +205,19 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--log-checkpoints", action="store_true", help="store final checkpoints in MLflow"
     )
-    p.set_defaults(handler=cmd_run)  # fmt: skip
+    p.add_argument(
+        "--calibration-steps",
+        type=int,
+        default=8,
+        help="timed training steps of the plan's calibration",
+    )
+    p.add_argument(
+        "--no-calibration", action="store_true", help="plan without timing a trial (no times)"
+    )
+    p.add_argument("--price-per-gpu-hour", type=float, help="the plan shows the launch's cost")
+    p.add_argument(
+        "--ray-table", action="store_true", help="also print Ray Tune's trial table and results"
+    )
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -139,6 +226,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     studies.set_defaults(handler=cmd_studies)
     add_run_parser(subparsers)
     ui = subparsers.add_parser("ui", help="open the MLflow UI on the study runs")
+    ui.add_argument("study", nargs="?", help="print the URL of this study's runs (default: all)")
     ui.add_argument("--tracking-uri", help="default: sqlite:///./mlflow.db")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(handler=cmd_ui)
+    dash = subparsers.add_parser(
+        "dashboard", help="optuna-dashboard on a study's Optuna storage (optional extra)"
+    )
+    dash.add_argument("study")
+    dash.add_argument("--tracking-uri", help="default: sqlite:///./mlflow.db")
+    dash.add_argument("--optuna-storage", help="default: the storage the study's launch used")
+    dash.add_argument("--port", type=int, default=8080)
+    dash.set_defaults(handler=cmd_dashboard)

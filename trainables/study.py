@@ -215,8 +215,16 @@ def build_tuner(plan: StudyPlan, settings: TrialSettings, max_concurrent: int) -
             # checkpoint, so a killed driver loses no finished epoch.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=plan.options.verbose,
+            callbacks=[progress_callback(plan)],
         ),
     )
+
+
+def progress_callback(plan: StudyPlan) -> Any:
+    """One line per finished trial (``trainables.progress``)."""
+    from trainables.progress import TrialProgress
+
+    return TrialProgress(plan.num_samples)
 
 
 def build_searcher(plan: StudyPlan) -> Any:

@@ -103,9 +103,15 @@ def split_config(config: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
     return RunConfig.from_flat(flat), knobs
 
 
+def variant_of(config: RunConfig, knobs: dict[str, Any]) -> str:
+    return str(knobs.get(VARIANT_KEY) or ("align" if config.model.align.enabled else "baseline"))
+
+
 def run_name(config: RunConfig, knobs: dict[str, Any]) -> str:
-    variant = knobs.get(VARIANT_KEY) or ("align" if config.model.align.enabled else "baseline")
-    return f"{variant} seed={config.seed}"
+    """``<variant> seed <s>``, as the MLflow UI lists the trial."""
+    from sgstudy.tracking_ui import trial_run_name
+
+    return trial_run_name(variant_of(config, knobs), config.seed)
 
 
 def train_scene_graph(config: dict[str, Any], settings: TrialSettings) -> None:
@@ -243,7 +249,7 @@ def open_tracker(
     import ray
     import torch.distributed as dist
 
-    from sgstudy import tracking
+    from sgstudy import tracking, tracking_ui
     from sgstudy.engine import unwrap
 
     study_run = settings.study_run
@@ -255,6 +261,10 @@ def open_tracker(
         tags[tracking.VARIANT_TAG] = str(knobs[VARIANT_KEY])
     if state.history:
         tags[tracking.RESUMED_FROM_TAG] = str(session.epoch)
+    variant = variant_of(run_config, knobs)
+    tags[tracking_ui.NOTE_TAG] = tracking_ui.trial_description(
+        run_config.to_params(), variant, study_run.study
+    )
     run_id, _ = tracking.start_trial_run(
         client, study_run, trial_id, run_name(run_config, knobs), state.mlflow_run_id, tags
     )
@@ -265,6 +275,8 @@ def open_tracker(
         DATASET_FINGERPRINT_PARAM: session.statistics.fingerprint,
         VERSION_PARAM: __version__,
         STUDY_PARAM: study_run.study,
+        # The variant and seed as params too, so MLflow's group-by and charts can use them.
+        tracking_ui.VARIANT_PARAM: variant,
         # What the model is made of and what its alignment branch masks and aligns.
         **unwrap(session.model).describe(),
     }
