@@ -137,3 +137,13 @@ def test_bad_sgtr_input_is_one_line_and_exit_2(argv, needle, data_root, tmp_path
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and needle in err
     assert not (tmp_path / "run").exists()
+
+
+def test_sgdet_frequency_baseline_on_the_detr(data_root, detector_file, capsys):
+    argv = ["baseline", "--data", str(data_root), "--split", "val", "--protocol", "sgdet"]
+    assert main([*argv, "--detector", str(detector_file)]) == 0
+    out = capsys.readouterr().out
+    assert "Frequency baseline, SGDet on the detections of" in out
+    assert out.splitlines()[-6].startswith("R ")
+    assert main(argv) == 2  # sgdet without a detector
+    assert "sgdet needs --detector" in capsys.readouterr().err
