@@ -10,6 +10,10 @@ vary among the study's aligned runs:
 When a study mixes protocols the protocol is appended: ``Motifs [SGCls]``. Runs with the same
 label are the seeds of one method. Rows go family by family (Motifs, SGTR, DSG), baseline
 first, then by the varying values ascending (p before λ).
+
+A DSG run (referring relationships) is labelled by its ablation instead
+(``sgstudy.tasks.dsg_label``): ``DSG``, ``DSG (scalar attention)``, ``DSG (sum)``, ``no-DSG``,
+``Two-step``; its rows go in that order.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from sgstudy.errors import UserError
+from sgstudy.tasks import dsg_label, dsg_rank
 
 FAMILY_NAMES = {"motifs": "Motifs", "sgtr": "SGTR", "dsg": "DSG"}
 PROTOCOL_NAMES = {"predcls": "PredCls", "sgcls": "SGCls", "sgdet": "SGDet"}
@@ -87,6 +92,9 @@ def add_method_columns(
     runs = runs.copy()
 
     def label(row: Any, latex: bool) -> str:
+        if row["model"] == "dsg" and not row["align"]:
+            text = dsg_label(row["dsg_variant"], row["gpi_aggregation"])
+            return latex_escape(text) if latex else text
         protocol = row["protocol"] if several_protocols else None
         values = {name: row[name] for name in SWEEPABLE}
         return method_label(row["model"], bool(row["align"]), values, swept, protocol, latex)
@@ -109,6 +117,7 @@ def method_order(runs: pd.DataFrame) -> list[str]:
             protocols.index(row["protocol"]) if row["protocol"] in protocols else len(protocols),
             bool(row["align"]),
             *(0.0 if math.isnan(row[name]) else row[name] for name in SWEEPABLE),
+            dsg_rank(row["dsg_variant"], row["gpi_aggregation"]) if row["model"] == "dsg" else (),
             row["method"],
         )
 

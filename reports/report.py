@@ -2,12 +2,15 @@
 
 Files in ``out_dir`` (tables in each requested format of md, tex, csv):
 
-- ``table_main.*``: the ablation table (default columns mR@50, mR@100);
-- ``table_groups.*``: head/body/tail mR@50 and mR@100;
+- ``table_main.*``: the ablation table (default columns mR@50, mR@100; for a study of
+  referring relationships (DSG) subject IoU, object IoU and their mean);
+- ``table_groups.*``: head/body/tail mR@50 and mR@100 (scene-graph studies only);
 - ``difference_R100.png/.svg``: per-predicate R@100 of A minus B (``compare``; by default A is
   the aligned method with the best mean mR@100 and B the baseline of its family);
 - ``per_predicate_R100_<method>.png/.svg``: per-predicate R@100 of A and of B;
 - ``sensitivity_p.png/.svg``, ``sensitivity_lambda.png/.svg``: for each swept parameter;
+- ``complexity.md``: for a referring-relationship study, the DSG supplement's Table 1 as the
+  study driver measured it at launch;
 - ``runs.csv`` (every finished run and its final metrics), ``excluded.csv`` (with reasons);
 - ``index.md``, which embeds the tables and links the figures by relative path.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +37,8 @@ from reports.results import (
 )
 from sgstudy import metric_names
 from sgstudy.errors import ConfigError, UserError
-from sgstudy.tracking_layout import REPORT_ARTIFACT_DIR
+from sgstudy.tasks import REFERRING, task_of
+from sgstudy.tracking_layout import COMPLEXITY_ARTIFACT, REPORT_ARTIFACT_DIR
 
 TABLE_FORMATS = ("md", "tex", "csv")
 DIFFERENCE_K = 100
@@ -81,20 +86,28 @@ def write_report(
     compare: two methods for the difference plot, as labels (``Align-Motifs (p = 0.1)``, any
              case) or short forms: ``baseline``, ``align`` (the only aligned method),
              ``p=0.1``, ``lambda=10`` (or ``λ=10``), ``p=0.1,lambda=10``.
-    metrics: main-table columns, ``mR@50`` or ``mR_50`` style; default mR@50, mR@100.
+    metrics: main-table columns, ``mR@50`` or ``mR_50`` style; default mR@50, mR@100, or for
+             a referring-relationship study subject IoU, object IoU, mean IoU.
     Raises ``UserError`` for an unknown study or method, bad formats or metrics, a
     tracking store that cannot be reached, or an ``out_dir`` that cannot be written.
     """
     formats = check_formats(formats)
-    keys = tables.table_metrics(metrics)
+    requested = tables.table_metrics(metrics) if metrics is not None else None
     with quiet_fast_mlflow():
         results = load_study_results(study, tracking_uri)
+        referring = is_referring_study(results)
+        default = metric_names.REFERRING_METRICS if referring else tables.DEFAULT_METRICS
+        keys = requested or list(default)
         pair = choose_pair(results, compare)
         out_dir = prepare_folder(out_dir)
         written: list[Path] = []
-        sections, main_table = table_sections(results, keys, formats, out_dir, written)
+        sections, main_table = table_sections(
+            results, keys, formats, out_dir, written, groups=not referring
+        )
         sections += difference_sections(results, pair, compare is not None, out_dir, written)
         sections += sensitivity_sections(results, out_dir, written)
+        if referring:
+            sections += complexity_sections(results, out_dir, written)
         sections += info_sections(results)
         written += write_run_lists(results, out_dir)
         parent = results.latest_parent_run_id if log_to_mlflow else None
@@ -111,6 +124,11 @@ def write_report(
         compared=pair,
         logged_to=parent,
     )
+
+
+def is_referring_study(results: StudyResults) -> bool:
+    """Every run of the study is of a referring-relationship model (DSG)."""
+    return all(task_of(model).name == REFERRING for model in results.runs["model"])
 
 
 def check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
@@ -161,30 +179,34 @@ def choose_pair(results: StudyResults, compare: tuple[str, str] | None) -> tuple
 
 def table_sections(
     results: StudyResults, keys: list[str], formats: tuple[str, ...], out_dir: Path,
-    written: list[Path],
+    written: list[Path], groups: bool = True,
 ) -> tuple[list[Section], str]:  # fmt: skip
-    """Writes the main and group tables; returns their sections and the main Markdown."""
+    """Writes the main table and (``groups``) the head/body/tail table; returns their sections
+    and the main Markdown."""
     order = list(results.methods)
-    group_keys = tables.group_metrics()
     main = tables.summarize(results.runs, order, keys)
-    groups = tables.summarize(results.runs, order, group_keys)
-    for stem, summary, columns in (
-        ("table_main", main, keys),
-        ("table_groups", groups, group_keys),
-    ):
+    tables_to_write = [("table_main", main, keys)]
+    if groups:
+        group_keys = tables.group_metrics()
+        group_summary = tables.summarize(results.runs, order, group_keys)
+        tables_to_write.append(("table_groups", group_summary, group_keys))
+    for stem, summary, columns in tables_to_write:
         for fmt in formats:
             path = out_dir / f"{stem}.{fmt}"
             path.write_text(tables.render(summary, columns, fmt))
             written.append(path)
     main_md = tables.markdown_table(main, keys)
     shown = ", ".join(metric_names.display_name(key) for key in keys)
-    sections = [
-        Section(f"Results ({shown})", main_md + "\n" + file_links("table_main", formats)),
-        Section(
-            "Head / body / tail mean recall",
-            tables.markdown_table(groups, group_keys) + "\n" + file_links("table_groups", formats),
-        ),
-    ]
+    sections = [Section(f"Results ({shown})", main_md + "\n" + file_links("table_main", formats))]
+    if groups:
+        sections.append(
+            Section(
+                "Head / body / tail mean recall",
+                tables.markdown_table(group_summary, group_keys)
+                + "\n"
+                + file_links("table_groups", formats),
+            )
+        )
     return sections, main_md
 
 
@@ -230,6 +252,34 @@ def sensitivity_sections(
         alt = f"mR@50 and mR@100 against {'p' if param == 'p' else 'λ'}"
         body += figure_markdown(fig, out_dir / f"sensitivity_{param}", written, alt)
     return [Section("Sensitivity", body)]
+
+
+def complexity_sections(results: StudyResults, out_dir: Path, written: list[Path]) -> list[Section]:
+    """The DSG supplement's Table 1 as the study driver measured it (its parent run's
+    ``COMPLEXITY_ARTIFACT``), copied into ``out_dir``; a note when no launch logged it."""
+    title = "Complexity (DSG supplement Table 1)"
+    text = parent_artifact_text(results, COMPLEXITY_ARTIFACT)
+    if text is None:
+        return [Section(title, "No launch of this study logged the complexity table.")]
+    path = out_dir / COMPLEXITY_ARTIFACT
+    path.write_text(text)
+    written.append(path)
+    return [Section(title, text)]
+
+
+def parent_artifact_text(results: StudyResults, name: str) -> str | None:
+    """The text artifact ``name`` of the study's latest parent run, or None."""
+    from mlflow.exceptions import MlflowException
+
+    if results.latest_parent_run_id is None:
+        return None
+    with tracking_errors(results.tracking_uri), tempfile.TemporaryDirectory() as tmp:
+        client = make_client(results.tracking_uri)
+        try:
+            path = client.download_artifacts(results.latest_parent_run_id, name, tmp)
+        except (MlflowException, OSError):
+            return None
+        return Path(path).read_text()
 
 
 def figure_markdown(fig: object, stem: Path, written: list[Path], alt: str) -> str:

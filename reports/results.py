@@ -14,7 +14,8 @@ Frames of ``StudyResults``:
   then one float column per metric of ``METRIC_COLUMNS`` (NaN when the run never logged it).
 - ``excluded``: the trial runs left out, with a ``reason``: FAILED, KILLED, still RUNNING,
   FINISHED before its last epoch (metric ``epoch`` below param ``epochs``, e.g. stopped by a
-  scheduler), FINISHED without any recall metric, or without a ``model`` param.
+  scheduler), FINISHED without any recall metric (IoU metric for a referring-relationship
+  model), or without a ``model`` param.
 - ``per_predicate``: a long frame of the finished runs' artifacts, one row per
   (run, predicate, K): ``run_id``, ``method``, ``predicate``, ``predicate_id`` (1-based id
   order of the artifact), ``train_count``, ``eval_count``, ``group`` (``head``/``body``/
@@ -45,6 +46,7 @@ import pandas as pd
 from reports import methods
 from sgstudy import metric_names
 from sgstudy.errors import UserError
+from sgstudy.tasks import REFERRING, task_of
 from sgstudy.tracking_layout import (
     PARENT_TAG,
     PER_PREDICATE_ARTIFACT,
@@ -56,6 +58,7 @@ from sgstudy.tracking_layout import (
 METRIC_COLUMNS: tuple[str, ...] = (
     *metric_names.all_recall_keys(),
     *metric_names.all_group_keys(),
+    *metric_names.REFERRING_METRICS,
     *metric_names.LOSS_TERMS,
     metric_names.TOTAL_LOSS,
 )
@@ -75,7 +78,7 @@ EPOCH_METRIC = "epoch"
 EPOCHS_PARAM = "epochs"
 RUN_COLUMNS = (
     "study", "launch", "run_id", "run_name", "model", "protocol", "align", "p", "lambda",
-    "seed", "status", "start_time",
+    "dsg_variant", "gpi_aggregation", "seed", "status", "start_time",
 )  # fmt: skip
 PER_PREDICATE_COLUMNS = (
     "run_id", "method", "predicate", "predicate_id", "train_count", "eval_count", "group", "k",
@@ -246,6 +249,8 @@ def trial_row(study: str, run: Any) -> dict[str, Any]:
         "align": align,
         "p": parse_float(params.get("mask_ratio")) if align else math.nan,
         "lambda": parse_float(params.get("align_weight")) if align else math.nan,
+        "dsg_variant": params.get("dsg_variant", ""),
+        "gpi_aggregation": params.get("gpi_aggregation", ""),
         "seed": parse_int(params.get("seed")),
         "status": run.info.status,
         "start_time": run.info.start_time,
@@ -262,8 +267,10 @@ def exclusion_reason(status: str, params: dict[str, str], metrics: dict[str, flo
         return f"unfinished (status {status})"
     if not params.get("model"):
         return "no 'model' param"
-    if not any(key in metrics for key in metric_names.all_recall_keys()):
-        return "finished without any recall metric"
+    referring = task_of(params["model"]).name == REFERRING
+    scored = metric_names.REFERRING_METRICS if referring else metric_names.all_recall_keys()
+    if not any(key in metrics for key in scored):
+        return f"finished without any {'IoU' if referring else 'recall'} metric"
     last_epoch, epochs = metrics.get(EPOCH_METRIC), parse_int(params.get(EPOCHS_PARAM))
     if last_epoch is not None and epochs is not None and int(last_epoch) < epochs:
         return f"stopped at epoch {int(last_epoch)} of {epochs}"

@@ -5,7 +5,8 @@ one decimal; with several runs a cell is ``mean ± std`` (sample std, ddof = 1; 
 shows no ±) and a column ``n`` counts the runs of each row (shown only when some row has more
 than one run, so single-seed studies print exactly the paper's shape). The best value of
 each column is bold; the comparison is on the rounded mean as printed, so every row that
-prints the maximum is bold (ties included). All table metrics are recalls: higher is better.
+prints the maximum is bold (ties included). All table metrics (recalls, referring-relationship
+IoUs) are higher-is-better.
 Markdown, LaTeX (booktabs) and CSV (raw fractions, full precision) render the same summary.
 """
 
@@ -47,7 +48,11 @@ def table_metrics(names: list[str] | None) -> list[str]:
     """
     if names is None:
         return list(DEFAULT_METRICS)
-    valid = metric_names.all_recall_keys() + metric_names.all_group_keys()
+    valid = [
+        *metric_names.all_recall_keys(),
+        *metric_names.all_group_keys(),
+        *metric_names.REFERRING_METRICS,
+    ]
     keys = [metric_names.stored_name(name.strip()) for name in names if name.strip()]
     if not keys:
         raise ConfigError("--metrics names no metric; e.g. mR@50,mR@100")

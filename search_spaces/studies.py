@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 
 from sgstudy.errors import ConfigError
-from sgstudy.tasks import REFERRING, SCENE_GRAPH
+from sgstudy.tasks import REFERRING, SCENE_GRAPH, dsg_label
 
 # A define-by-run space: takes an Optuna trial, suggests, returns the constant keys.
 SpaceFn = Callable[[optuna.trial.Trial], dict[str, Any]]
@@ -205,11 +205,8 @@ DSG_GRID: dict[str, dict[str, Any]] = {
     "two-step": {"dsg_variant": "two-step", "gpi_aggregation": "feature-attention"},
 }
 DSG_LABELS = {
-    "dsg": "DSG",
-    "gpi=scalar-attention": "DSG (scalar attention)",
-    "gpi=sum": "DSG (sum)",
-    "no-dsg": "no-DSG",
-    "two-step": "Two-step",
+    variant: dsg_label(keys["dsg_variant"], keys["gpi_aggregation"])
+    for variant, keys in DSG_GRID.items()
 }
 
 STUDIES: dict[str, StudySpec] = {

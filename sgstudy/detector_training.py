@@ -20,6 +20,8 @@ from tqdm import tqdm
 
 from sgstudy.config import DataConfig
 from sgstudy.data.dataset import SceneGraphDataset, collate_scene_graphs
+from sgstudy.data.referring import ReferringImages
+from sgstudy.data.referring_format import is_referring_dataset
 from sgstudy.engine import resolve_device, seed_everything
 from sgstudy.errors import UserError
 from sgstudy.evaluation.box_ap import box_map_at_50
@@ -144,7 +146,10 @@ def evaluate_detector(
     return box_map_at_50(predictions, targets, num_classes)
 
 
-def _load_split(data: DataConfig, split: str, seed: int) -> SceneGraphDataset:
+def _load_split(data: DataConfig, split: str, seed: int) -> SceneGraphDataset | ReferringImages:
+    if is_referring_dataset(data.root):
+        # A referring-relationship dataset: its annotated entities, one item per image.
+        return ReferringImages(data.root, split, image_dir=data.image_dir)
     return SceneGraphDataset(
         data.root,
         split,

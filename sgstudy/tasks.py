@@ -67,3 +67,30 @@ TASK_OF_MODEL = {"dsg": REFERRING}
 def task_of(model: str) -> Task:
     """The task of the model family ``model`` (a ``sgstudy.config.MODELS`` name)."""
     return TASKS[TASK_OF_MODEL.get(model, SCENE_GRAPH)]
+
+
+# How DSG's configurations read in tables (the study driver's and the reports').
+DSG_VARIANT_LABELS = {"dsg": "DSG", "no-dsg": "no-DSG", "two-step": "Two-step"}
+GPI_LABELS = {"feature-attention": "feature attention", "scalar-attention": "scalar attention",
+              "sum": "sum"}  # fmt: skip
+DSG_DEFAULT_GPI = "feature-attention"
+
+
+def dsg_label(variant: str, gpi_aggregation: str) -> str:
+    """``DSG``, ``DSG (sum)``, ``no-DSG``, ``Two-step (scalar attention)``: the GPI aggregation
+    is named when it is not DSG's feature attention, and never for no-DSG (it has no GPI)."""
+    label = DSG_VARIANT_LABELS.get(variant, variant)
+    if variant != "no-dsg" and gpi_aggregation != DSG_DEFAULT_GPI:
+        label += f" ({GPI_LABELS.get(gpi_aggregation, gpi_aggregation)})"
+    return label
+
+
+def dsg_rank(variant: str, gpi_aggregation: str) -> tuple[int, int]:
+    """Table order: DSG's GPI variants first, then no-DSG, then Two-step."""
+    variants, aggregations = list(DSG_VARIANT_LABELS), list(GPI_LABELS)
+    return (
+        variants.index(variant) if variant in variants else len(variants),
+        aggregations.index(gpi_aggregation)
+        if gpi_aggregation in aggregations
+        else len(aggregations),
+    )

@@ -30,6 +30,9 @@ PER_PREDICATE_ARTIFACT = "per_predicate_recall.json"
 # (schema in ``sgstudy.evaluation.referring_eval.per_predicate_iou_artifact``).
 PER_PREDICATE_IOU_ARTIFACT = "per_predicate_iou.json"
 RESOLVED_CONFIG_ARTIFACT = "config.json"
+# A referring-relationship study's parent run holds the DSG supplement's Table 1 as measured
+# (``sgstudy complexity``); the report renders it.
+COMPLEXITY_ARTIFACT = "complexity.md"
 # Where the report command logs its outputs inside the study's parent run.
 REPORT_ARTIFACT_DIR = "report"
 

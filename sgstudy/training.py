@@ -5,9 +5,10 @@ from a ``RunConfig`` (and resumes from a checkpoint); ``run_epoch`` trains one
 epoch and evaluates on val; ``save`` writes a checkpoint from which ``start``
 continues with the same next step. The data, statistics, evaluator and per-epoch
 artifact are those of the model's task (``sgstudy.tasks``; ``PIPELINES`` below):
-scene graphs for Motifs and SGTR, referring relationships for DSG. Under ``torch.distributed`` (Ray Train sets it
-up for multi-GPU trials) the model is wrapped in DDP, the training data sharded,
-and evaluation runs on rank 0.
+scene graphs for Motifs and SGTR, referring relationships for DSG.
+
+Under ``torch.distributed`` (Ray Train sets it up for multi-GPU trials) the model
+is wrapped in DDP, the training data sharded, and evaluation runs on rank 0.
 """
 
 from __future__ import annotations

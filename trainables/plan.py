@@ -98,7 +98,8 @@ def plan_study(options: StudyOptions) -> StudyPlan:
     param_space: dict[str, Any] = {"data_root": data_root, "preset": options.preset}
     if options.epochs is not None:
         param_space["epochs"] = options.epochs
-    epochs = RunConfig.from_flat(param_space).optim.epochs  # validates the override
+    # Validates the override; the study's model family may have its own default epochs.
+    epochs = RunConfig.from_flat({**param_space, **spec.model_keys}).optim.epochs
     if options.fail_once_at_epoch is not None:
         if not 1 <= options.fail_once_at_epoch <= epochs:
             raise ConfigError(f"fail_once_at_epoch must be in [1, {epochs}]")

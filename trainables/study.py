@@ -16,7 +16,8 @@ from typing import Any
 
 from sgstudy.errors import UserError
 from sgstudy.metric_names import display_name
-from sgstudy.tasks import SCENE_GRAPH, TASKS
+from sgstudy.tasks import REFERRING, SCENE_GRAPH, TASKS
+from sgstudy.tracking_layout import COMPLEXITY_ARTIFACT
 from trainables.plan import (
     StudyOptions,
     StudyPlan,
@@ -100,6 +101,8 @@ def run_planned(plan: StudyPlan) -> StudyOutcome:
         parent_run_id = tracking.start_study_run(
             client, experiment_id, plan.spec.name, plan.launch, launch_params(plan)
         )
+        if plan.spec.task == REFERRING:
+            log_complexity(client, parent_run_id, options.preset)
     else:
         client.update_run(parent_run_id, status=tracking.RUNNING)
     study_run = tracking.StudyRun(plan.tracking_uri, experiment_id, parent_run_id, plan.spec.name)
@@ -145,6 +148,18 @@ def run_planned(plan: StudyPlan) -> StudyOutcome:
         table=table,
         complete=complete,
     )
+
+
+def log_complexity(client: Any, run_id: str, preset: str) -> None:
+    """The DSG supplement's Table 1 as measured (``sgstudy complexity``) for the paper preset and
+    the launch's, as the parent run's ``COMPLEXITY_ARTIFACT`` (the report renders it)."""
+    from sgstudy.models.dsg.complexity import complexity_table, format_complexity_table
+
+    text = "\n\n".join(
+        f"`{name}` preset:\n\n{format_complexity_table(complexity_table(name))}"
+        for name in dict.fromkeys(("paper", preset))
+    )
+    client.log_text(run_id, text + "\n", COMPLEXITY_ARTIFACT)
 
 
 def launch_params(plan: StudyPlan) -> dict[str, Any]:

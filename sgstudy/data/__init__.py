@@ -9,7 +9,11 @@ Modules:
 - ``synthetic`` (with ``synthetic_scene`` and ``synthetic_rules``):
   ``generate_synthetic_dataset`` writes a learnable, long-tailed synthetic dataset in the
   same format;
-- ``predicate_groups``: the head/body/tail partitions.
+- ``predicate_groups``: the head/body/tail partitions;
+- ``referring_format``, ``referring``, ``referring_check``, ``referring_synth``: the public
+  referring-relationship format (CLEVR / VRD / Visual Genome splits of Krishna et al.), its
+  ``ReferringDataset`` (one item per image and query) and statistics, its checker, and
+  ``derive_referring_dataset`` (``sgstudy data synth-rr``) from a VG150-format dataset.
 
 Using the public VG150 release (the split of Xu et al., CVPR 2017, as distributed by
 Neural Motifs and Scene-Graph-Benchmark.pytorch): put these under one root folder::

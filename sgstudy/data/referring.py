@@ -38,7 +38,7 @@ from sgstudy.data.referring_format import (
 from sgstudy.data.statistics import FINGERPRINT_LENGTH
 from sgstudy.data.vg_format import ranges_to_index
 from sgstudy.errors import ConfigError
-from sgstudy.structures import ReferringTarget
+from sgstudy.structures import ReferringTarget, SceneGraphTarget
 
 VAL_FRACTION = 0.1
 
@@ -96,30 +96,60 @@ class ReferringDataset(Dataset):
         return self.image_folder / image_file_name(self.annotations.keys[row])
 
     def __getitem__(self, index: int) -> tuple[Tensor, ReferringTarget]:
-        a, q = self.annotations, self.queries
-        row = int(q.image[index])
+        q = self.queries
+        image, graph = self.scene_graph(int(q.image[index]))
+        target = ReferringTarget(
+            image_id=graph.image_id,
+            image_size=graph.image_size,
+            boxes=graph.boxes,
+            labels=graph.labels,
+            relations=graph.relations,
+            query=torch.from_numpy(q.queries[index].copy()),
+            subject_indices=_members(q.subjects, q.subject_start, q.subject_count, index),
+            object_indices=_members(q.objects, q.object_start, q.object_count, index),
+        )
+        return image, target
+
+    def scene_graph(self, row: int) -> tuple[Tensor, SceneGraphTarget]:
+        """Image ``row`` of the split and all its annotations as a scene graph."""
+        a = self.annotations
         image = load_image(self.image_path(row))
         height, width = image.shape[1:]
-        boxes = a.boxes[a.box_start[row] : a.box_start[row] + a.box_count[row]]
+        entities = slice(a.box_start[row], a.box_start[row] + a.box_count[row])
+        boxes = a.boxes[entities]
         if (width, height) != (a.widths[row], a.heights[row]):
             # The annotation is relative to the image; follow the file's actual size.
             boxes = boxes * np.array([width / a.widths[row], height / a.heights[row]] * 2)
         relations = a.relations[a.rel_start[row] : a.rel_start[row] + a.rel_count[row]]
-        target = ReferringTarget(
+        return image, SceneGraphTarget(
             image_id=int(a.image_ids[row]),
             image_size=(int(height), int(width)),
             boxes=torch.from_numpy(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
-            labels=torch.from_numpy(a.labels[a.box_start[row] : a.box_start[row] + a.box_count[row]].copy()),
+            labels=torch.from_numpy(a.labels[entities].copy()),
             relations=torch.from_numpy(relations.copy()),
-            query=torch.from_numpy(q.queries[index].copy()),
-            subject_indices=torch.from_numpy(_members(q.subjects, q.subject_start, q.subject_count, index)),
-            object_indices=torch.from_numpy(_members(q.objects, q.object_start, q.object_count, index)),
-        )  # fmt: skip
-        return image, target
+        )
 
 
-def _members(flat: np.ndarray, start: np.ndarray, count: np.ndarray, index: int) -> np.ndarray:
-    return flat[start[index] : start[index] + count[index]].copy()
+class ReferringImages(Dataset):
+    """The annotated images of a referring-relationship split, one item per image with
+    relations: (image, SceneGraphTarget). What ``sgstudy train-detector`` trains the class-only
+    heuristic's detector on, so that it never sees the val or test images."""
+
+    def __init__(self, root: str | Path, split: str, image_dir: str | None = None) -> None:
+        self.queries = ReferringDataset(root, split, image_dir)
+        self.object_classes = self.queries.object_classes
+        self.predicate_classes = self.queries.predicate_classes
+        self.rows = np.flatnonzero(self.queries.annotations.rel_count > 0)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, SceneGraphTarget]:
+        return self.queries.scene_graph(int(self.rows[index]))
+
+
+def _members(flat: np.ndarray, start: np.ndarray, count: np.ndarray, index: int) -> Tensor:
+    return torch.from_numpy(flat[start[index] : start[index] + count[index]].copy())
 
 
 def split_image_rows(num_images: int, split: str) -> np.ndarray:
