@@ -1,11 +1,12 @@
 """Training throughput of the relation models, with and without relation alignment.
 
-For each protocol, times ``--steps`` optimiser steps of the engine's training loop
+For each model and protocol (Motifs in each protocol, SGTR in SGDet), times ``--steps`` optimiser steps of the engine's training loop
 on the synthetic dataset and prints images/s; the alignment's cost is the ratio of
 its step time to the plain model's, measured in the same run. On CUDA it also
 prints the peak GPU memory.
 
     python benchmarks/bench_train.py --data data/synthetic --preset tiny --steps 20
+    python benchmarks/bench_train.py --models sgtr --steps 10   # SGTR and Align-SGTR only
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ def detector_for(data: str, preset: str, workdir: Path, device: str) -> str:
     num_classes = len(SceneGraphDataset(data, "train").object_classes)
     path = workdir / f"detector_{preset}.pt"
     save_detector(build_detector(preset, num_classes), path, preset, num_classes)
+    return str(path)
+
+
+def detr_for(data: str, preset: str, workdir: Path) -> str:
+    """An (untrained) DETR checkpoint of the preset, SGTR's entity detector."""
+    from sgstudy.data.dataset import SceneGraphDataset
+    from sgstudy.models.detr import build_detr, save_detr
+
+    classes = SceneGraphDataset(data, "train").object_classes
+    path = workdir / f"detr_{preset}.pt"
+    save_detr(build_detr(preset, len(classes) - 1), path, preset, classes)
     return str(path)
 
 
@@ -65,7 +77,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data/synthetic")
     parser.add_argument("--preset", default="tiny", choices=("tiny", "paper"))
-    parser.add_argument("--protocols", default="predcls,sgcls,sgdet")
+    parser.add_argument("--models", default="motifs,sgtr")
+    parser.add_argument("--protocols", default="predcls,sgcls,sgdet", help="Motifs' protocols")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
@@ -77,16 +90,21 @@ def main() -> None:
     device = resolve_device(args.device)
     print(f"device: {device}, torch threads: {torch.get_num_threads()}, preset: {args.preset}")
     rows = []
+    runs = [("motifs", p) for p in args.protocols.split(",") if "motifs" in args.models]
+    runs += [("sgtr", "sgdet")] if "sgtr" in args.models else []
     with tempfile.TemporaryDirectory() as tmp:
-        for protocol in args.protocols.split(","):
+        for model, protocol in runs:
             detector = None
-            if protocol == "sgdet":
+            if model == "sgtr":
+                detector = detr_for(args.data, args.preset, Path(tmp))
+            elif protocol == "sgdet":
                 detector = detector_for(args.data, args.preset, Path(tmp), args.device)
             times = {}
+            name = f"{model} {protocol}"
             for align in (False, True):
                 config = RunConfig.from_flat(
                     {
-                        "protocol": protocol, "preset": args.preset, "align": align,
+                        "model": model, "protocol": protocol, "preset": args.preset, "align": align,
                         "data_root": args.data, "batch_size": args.batch_size,
                         "detector_checkpoint": detector, "device": str(device),
                         "warmup_iters": 0,
@@ -94,15 +112,15 @@ def main() -> None:
                 )  # fmt: skip
                 seconds, peak = time_steps(config, args.steps, args.warmup)
                 times[align] = seconds
-                rows.append((protocol, align, args.batch_size / seconds, seconds, peak))
-            rows.append((protocol, "ratio", None, times[True] / times[False], None))
-    print(f"\n{'protocol':9s} {'align':6s} {'images/s':>9s} {'s/step':>8s} {'peak GiB':>9s}")
-    for protocol, align, ips, seconds, peak in rows:
+                rows.append((name, align, args.batch_size / seconds, seconds, peak))
+            rows.append((name, "ratio", None, times[True] / times[False], None))
+    print(f"\n{'model':14s} {'align':6s} {'images/s':>9s} {'s/step':>8s} {'peak GiB':>9s}")
+    for name, align, ips, seconds, peak in rows:
         if align == "ratio":
-            print(f"{protocol:9s} {'':6s} {'':9s} align/plain step-time ratio: {seconds:.2f}x")
+            print(f"{name:14s} {'':6s} {'':9s} align/plain step-time ratio: {seconds:.2f}x")
             continue
         peak_text = "-" if peak != peak else f"{peak:.2f}"
-        print(f"{protocol:9s} {str(align):6s} {ips:9.1f} {seconds:8.3f} {peak_text:>9s}")
+        print(f"{name:14s} {str(align):6s} {ips:9.1f} {seconds:8.3f} {peak_text:>9s}")
 
 
 if __name__ == "__main__":

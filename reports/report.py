@@ -86,17 +86,18 @@ def write_report(
     compare: two methods for the difference plot, as labels (``Align-Motifs (p = 0.1)``, any
              case) or short forms: ``baseline``, ``align`` (the only aligned method),
              ``p=0.1``, ``lambda=10`` (or ``λ=10``), ``p=0.1,lambda=10``.
-    metrics: main-table columns, ``mR@50`` or ``mR_50`` style; default mR@50, mR@100, or for
-             a referring-relationship study subject IoU, object IoU, mean IoU.
+    metrics: main-table columns, ``mR@50`` or ``mR_50`` style; default mR@50, mR@100
+             (align-sgtr: R@50, R@100, mR@50, mR@100), or for a referring-relationship study
+             subject IoU, object IoU, mean IoU.
     Raises ``UserError`` for an unknown study or method, bad formats or metrics, a
     tracking store that cannot be reached, or an ``out_dir`` that cannot be written.
     """
     formats = check_formats(formats)
-    requested = tables.table_metrics(metrics) if metrics is not None else None
+    requested = tables.table_metrics(metrics, study) if metrics is not None else None
     with quiet_fast_mlflow():
         results = load_study_results(study, tracking_uri)
         referring = is_referring_study(results)
-        default = metric_names.REFERRING_METRICS if referring else tables.DEFAULT_METRICS
+        default = metric_names.REFERRING_METRICS if referring else tables.table_metrics(None, study)
         keys = requested or list(default)
         pair = choose_pair(results, compare)
         out_dir = prepare_folder(out_dir)
@@ -206,6 +207,10 @@ def table_sections(
                 + "\n"
                 + file_links("table_groups", formats),
             )
+        )
+        diagnostics = tables.summarize(results.runs, order, list(metric_names.DIAGNOSTICS))
+        sections.append(
+            Section("Collapse and balance diagnostics", tables.diagnostics_table(diagnostics))
         )
     return sections, main_md
 

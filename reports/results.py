@@ -61,6 +61,7 @@ METRIC_COLUMNS: tuple[str, ...] = (
     *metric_names.REFERRING_METRICS,
     *metric_names.LOSS_TERMS,
     metric_names.TOTAL_LOSS,
+    *metric_names.DIAGNOSTICS,
 )
 # Short, fail-fast HTTP settings: a report against a dead server should say so in seconds,
 # not after MLflow's default of 7 retries with exponential backoff and 120 s timeouts.

@@ -103,20 +103,33 @@ def cmd_baseline(args: argparse.Namespace) -> None:
         return
     import torch
 
-    from sgstudy.config import DataConfig, RunConfig
+    from sgstudy.config import DataConfig, ModelConfig, RunConfig
     from sgstudy.data.statistics import compute_statistics
     from sgstudy.engine import evaluate
-    from sgstudy.models.frequency import FrequencyBaseline
+    from sgstudy.errors import ConfigError
+    from sgstudy.models.frequency import DetectionFrequencyBaseline, FrequencyBaseline
     from sgstudy.training import load_split, make_evaluator, make_loader
 
-    config = RunConfig(data=DataConfig(root=args.data, num_val_images=args.num_val_images))
+    if (args.protocol == "sgdet") != (args.detector is not None):
+        raise ConfigError("--detector goes with --protocol sgdet, and sgdet needs --detector")
+    config = RunConfig(
+        model=ModelConfig(protocol=args.protocol),
+        data=DataConfig(root=args.data, num_val_images=args.num_val_images),
+    )
     statistics = compute_statistics(load_split(config, "train"))
     model = FrequencyBaseline.from_statistics(statistics)
+    what = "PredCls"
+    if args.detector is not None:
+        from sgstudy.models.detr import load_detr
+
+        detector = load_detr(args.detector, expected_classes=list(statistics.object_classes))
+        model = DetectionFrequencyBaseline(model, detector)
+        what = f"SGDet on the detections of {args.detector}"
     loader = make_loader(load_split(config, args.split), config)
     result = evaluate(model, loader, make_evaluator(config, statistics), torch.device("cpu"))
     print(
         format_recall_table(
-            result.metrics, f"Frequency baseline, PredCls, {args.split} split ({args.data})"
+            result.metrics, f"Frequency baseline, {what}, {args.split} split ({args.data})"
         )
     )
 
@@ -158,17 +171,20 @@ def referring_baselines(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- training
 def run_config_from_args(args: argparse.Namespace) -> object:
-    from sgstudy.config import RunConfig
+    from sgstudy.config import FAMILY_PROTOCOLS, RunConfig
 
     flat = {
         "model": args.model,
-        "protocol": args.protocol,
+        # Without --protocol: PredCls, or the one protocol a family runs (SGTR: SGDet).
+        "protocol": args.protocol or FAMILY_PROTOCOLS.get(args.model, ("predcls",))[0],
         "preset": args.preset,
         "align": args.align,
         "mask_ratio": args.mask_ratio,
         "align_weight": args.align_weight,
         "masked_input": args.masked_input,
         "align_target": args.align_target,
+        "align_mask_unit": args.align_mask_unit,
+        "align_projection_head": not args.no_align_projection_head,
         "dsg_variant": args.dsg_variant,
         "gpi_aggregation": args.gpi_aggregation,
         "detector_checkpoint": args.detector,
@@ -281,7 +297,14 @@ def cmd_train_detector(args: argparse.Namespace) -> None:
 
     data = DataConfig(root=args.data, image_dir=args.image_dir, num_val_images=args.num_val_images)
     result = train_detector(
-        data, args.preset, Path(args.out), args.epochs, args.seed, args.weights, args.device
+        data,
+        args.preset,
+        Path(args.out),
+        args.epochs,
+        args.seed,
+        args.weights,
+        args.device,
+        kind=args.kind,
     )
     print(json.dumps(result, indent=2))
 
@@ -323,21 +346,34 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         ALIGN_TARGETS,
         DSG_VARIANTS,
         GPI_AGGREGATIONS,
+        MASK_UNITS,
         MASKED_INPUTS,
         MODELS,
         PRESETS,
         PROTOCOLS,
+        AlignConfig,
     )
 
     p = subparsers.add_parser("train", help="train one relation model, print val metrics")
     p.add_argument("--model", choices=MODELS, default="motifs")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="predcls")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="default predcls (sgdet for sgtr)")
     p.add_argument("--preset", choices=PRESETS, default="tiny")
     p.add_argument("--align", action="store_true", help="add self-supervised relation alignment")
     p.add_argument("--mask-ratio", type=float, default=0.1, help="p, masking ratio (default 0.1)")
     p.add_argument("--align-weight", type=float, default=10.0, help="λ, loss weight (default 10)")
-    p.add_argument("--masked-input", choices=MASKED_INPUTS, default="edge_input")
-    p.add_argument("--align-target", choices=ALIGN_TARGETS, default="representation")
+    p.add_argument("--masked-input", choices=MASKED_INPUTS, default=AlignConfig.masked_input)
+    p.add_argument("--align-target", choices=ALIGN_TARGETS, default=AlignConfig.target)
+    p.add_argument(
+        "--align-mask-unit",
+        choices=MASK_UNITS,
+        default=AlignConfig.mask_unit,
+        help="mask whole relations (default) or single feature elements",
+    )
+    p.add_argument(
+        "--no-align-projection-head",
+        action="store_true",
+        help="representation alignment on the shared classifier input (no projection head)",
+    )
     p.add_argument("--dsg-variant", choices=DSG_VARIANTS, default="dsg", help="DSG ablation")
     p.add_argument("--gpi-aggregation", choices=GPI_AGGREGATIONS, default="feature-attention")
     p.add_argument("--detector", help="detector checkpoint from train-detector (needed for sgdet)")
@@ -386,13 +422,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     base = sub.add_parser(
         "baseline",
-        help="evaluate the frequency baseline (PredCls), or on a referring-relationship dataset "
-        "the random-box baseline and the class-only heuristic",
+        help="evaluate the frequency baseline (PredCls, SGDet), or on a referring-relationship "
+        "dataset the random-box baseline and the class-only heuristic",
     )
     add_data_flags(base)
     base.add_argument("--split", choices=("val", "test"), default="test")
+    base.add_argument("--protocol", choices=("predcls", "sgdet"), default="predcls")
     base.add_argument(
-        "--detector", help="referring relationships: detector for the class-only heuristic"
+        "--detector",
+        help="sgdet: a DETR checkpoint (train-detector --kind detr); referring relationships: "
+        "the detector of the class-only heuristic",
     )
     base.add_argument(
         "--score-threshold", type=float, default=0.5, help="class-only: detections kept"
@@ -418,6 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
     det = sub.add_parser("train-detector", help="train the object detector on a dataset's boxes")
     add_data_flags(det)
     det.add_argument("--preset", choices=("tiny", "paper"), default="tiny")
+    det.add_argument(
+        "--kind",
+        choices=("faster-rcnn", "detr"),
+        default="faster-rcnn",
+        help="faster-rcnn (Motifs) or detr (SGTR's entity detector)",
+    )
     det.add_argument("--out", required=True)
     det.add_argument("--epochs", type=int, default=10)
     det.add_argument("--seed", type=int, default=0)

@@ -18,9 +18,12 @@ from sgstudy.errors import ConfigError
 MODELS = ("motifs", "sgtr", "dsg")
 PROTOCOLS = ("predcls", "sgcls", "sgdet")
 PRESETS = ("tiny", "paper")
-# Which relational features the auxiliary branch masks, and what it aligns.
-MASKED_INPUTS = ("edge_input", "edge_context")
-ALIGN_TARGETS = ("representation", "distribution", "both")
+# Which relational features the auxiliary branch masks, in which unit, and what it aligns.
+MASKED_INPUTS = ("pair_context", "edge_input", "edge_context")
+# Features a whole relation can be masked in: one row per relation (object-level ones are not).
+RELATION_MASKABLE = ("pair_context",)
+MASK_UNITS = ("relation", "element")
+ALIGN_TARGETS = ("distribution", "representation", "both")
 # DSG ablations (DSG supplement §2): the full model, the referring-relationship classifier on raw
 # detector features, and "scene graph first, then answer the query from it".
 DSG_VARIANTS = ("dsg", "no-dsg", "two-step")
@@ -28,32 +31,50 @@ DSG_VARIANTS = ("dsg", "no-dsg", "two-step")
 # weight per neighbour, or a plain sum (GPI as in Herzig et al.).
 GPI_AGGREGATIONS = ("feature-attention", "scalar-attention", "sum")
 OPTIMIZERS = ("sgd", "adamw")
-# Training defaults where a model family's paper differs from OptimConfig's (the Motifs setting,
-# SPEC §3); a value given explicitly always wins.
-MODEL_OPTIM_DEFAULTS: dict[str, dict[str, Any]] = {
+# Families that only run one protocol: SGTR detects its own entities (SPEC §5).
+FAMILY_PROTOCOLS = {"sgtr": ("sgdet",)}
+# A family's training defaults where its paper differs from ``OptimConfig``'s (Motifs' SGD,
+# SPEC §3); keys a run config names itself win.
+FAMILY_OPTIM_DEFAULTS: dict[str, dict[str, Any]] = {
+    # SGTR: the authors' AdamW schedule (SPEC §5).
+    "sgtr": {
+        "optimizer": "adamw", "lr": 8e-5, "weight_decay": 1e-4, "max_grad_norm": 0.1,
+        "warmup_iters": 100,
+    },
     # DSG (SPEC §6): SGD with momentum 0.9, lr 1e-3, one image per batch, 20 epochs (VG, CLEVR).
     "dsg": {"lr": 1e-3, "batch_size": 1, "epochs": 20},
-}
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class AlignConfig:
     """Self-supervised relation alignment (SPEC §4). ``enabled=False`` is the plain model.
 
-    mask_ratio:   p, the Bernoulli probability that a relational feature element is zeroed
+    mask_ratio:   p, the share of relations (``mask_unit="relation"``) or the Bernoulli
+                  probability of each feature element (``"element"``) that is zeroed
     weight:       λ in L = L_sgg + λ · L_align
-    masked_input: "edge_input" masks the input of the edge-context encoder (before message
-                  passing, as in the paper); "edge_context" masks its output
-    target:       "representation" aligns the projected pair representations (squared
-                  distance of unit vectors, 2 - 2 cos), "distribution" the predicate
-                  distributions (KL), "both" sums the two
+    masked_input: the tensor masked: "pair_context" a relation's own input to the predicate
+                  predictor (its subject and object edge contexts); "edge_input" the input of
+                  the edge-context encoder (per object, before message passing); "edge_context"
+                  its output (per object)
+    mask_unit:    "relation" zeroes the whole ``masked_input`` row of a share p of the
+                  relations and aligns those relations only; "element" zeroes single elements
+                  with probability p and aligns every relation (the first implementation)
+    target:       "distribution" aligns the predicate distributions (KL(teacher ‖ student));
+                  "representation" aligns the pair representations (2 - 2 cos of unit
+                  vectors), "both" sums the two
+    projection_head: representation alignment reads the student's representation through
+                  a projection head that the supervised branch never reads; False aligns the
+                  shared classifier input itself (the first implementation, which collapsed it)
     """
 
     enabled: bool = False
     mask_ratio: float = 0.1
     weight: float = 10.0
-    masked_input: str = "edge_input"
-    target: str = "representation"
+    masked_input: str = "pair_context"
+    target: str = "distribution"
+    mask_unit: str = "relation"
+    projection_head: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
@@ -62,6 +83,13 @@ class AlignConfig:
             raise ConfigError(f"align_weight (λ) must be a finite number >= 0, got {self.weight}")
         _check_choice("masked_input", self.masked_input, MASKED_INPUTS)
         _check_choice("align_target", self.target, ALIGN_TARGETS)
+        _check_choice("align_mask_unit", self.mask_unit, MASK_UNITS)
+        if self.mask_unit == "relation" and self.masked_input not in RELATION_MASKABLE:
+            raise ConfigError(
+                f"align_mask_unit relation masks whole relations; masked_input "
+                f"{self.masked_input!r} holds objects, not relations: use "
+                f"{', '.join(RELATION_MASKABLE)} or align_mask_unit element"
+            )
 
 
 @dataclass(frozen=True)
@@ -92,6 +120,11 @@ class ModelConfig:
         _check_choice("model", self.name, MODELS)
         _check_choice("protocol", self.protocol, PROTOCOLS)
         _check_choice("preset", self.preset, PRESETS)
+        only = FAMILY_PROTOCOLS.get(self.name)
+        if only is not None and self.protocol not in only:
+            raise ConfigError(
+                f"model {self.name} runs the {', '.join(only)} protocol only, not {self.protocol}"
+            )
 
 
 @dataclass(frozen=True)
@@ -157,6 +190,11 @@ class RunConfig:
                 weight=float(values.pop("align_weight", AlignConfig.weight)),
                 masked_input=values.pop("masked_input", AlignConfig.masked_input),
                 target=values.pop("align_target", AlignConfig.target),
+                mask_unit=values.pop("align_mask_unit", AlignConfig.mask_unit),
+                projection_head=_as_bool(
+                    "align_projection_head",
+                    values.pop("align_projection_head", AlignConfig.projection_head),
+                ),
             )
             model = ModelConfig(
                 name=values.pop("model", ModelConfig.name),
@@ -170,9 +208,8 @@ class RunConfig:
                 detector_checkpoint=values.pop("detector_checkpoint", None),
                 backbone_weights=values.pop("backbone_weights", None),
             )
-            for key, value in MODEL_OPTIM_DEFAULTS.get(model.name, {}).items():
-                values.setdefault(key, value)
             optim_defaults = OptimConfig()
+            values = {**FAMILY_OPTIM_DEFAULTS.get(model.name, {}), **values}
             optim = OptimConfig(
                 **{
                     f.name: _coerce(f.name, values.pop(f.name), getattr(optim_defaults, f.name))
@@ -212,6 +249,8 @@ class RunConfig:
             "align_weight": a.weight,
             "masked_input": a.masked_input,
             "align_target": a.target,
+            "align_mask_unit": a.mask_unit,
+            "align_projection_head": a.projection_head,
             "dsg_variant": m.dsg.variant,
             "gpi_aggregation": m.dsg.gpi_aggregation,
             "detector_checkpoint": m.detector_checkpoint,

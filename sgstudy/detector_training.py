@@ -1,8 +1,11 @@
 """Training the object detector on a dataset's boxes (``sgstudy train-detector``).
 
-Every training image with boxes is used, relations or not. The schedule is fixed per preset
-(SGD with momentum, linear warm-up, ×0.1 for the last quarter of the epochs, gradient norm
-clipped); the result is ``out_dir/detector.pt`` and the box mAP@0.5 on the validation split.
+Two kinds share one loop: ``faster-rcnn`` (torchvision's Faster R-CNN, the Motifs detector) and
+``detr`` (the SGTR entity detector). Every training image with boxes is used, relations or not.
+The schedule is fixed per kind and preset (SGD with momentum for Faster R-CNN, AdamW with a
+smaller backbone learning rate for DETR; linear warm-up, ×0.1 for the last quarter of the
+iterations, gradient norm clipped); the result is ``out_dir/detector.pt`` and the box mAP@0.5
+on the validation split.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
-from torchvision.models.detection import FasterRCNN
 from tqdm import tqdm
 
 from sgstudy.config import DataConfig
@@ -25,7 +28,9 @@ from sgstudy.data.referring_format import is_referring_dataset
 from sgstudy.engine import resolve_device, seed_everything
 from sgstudy.errors import UserError
 from sgstudy.evaluation.box_ap import box_map_at_50
-from sgstudy.models.detector import build_detector, save_detector
+from sgstudy.models.detector import DETECTOR_KINDS, FASTER_RCNN_KIND, build_detector, save_detector
+from sgstudy.models.detr import DETR, build_detr, detections, save_detr
+from sgstudy.models.detr_loss import detr_losses, weighted_total
 from sgstudy.structures import SceneGraphTarget
 
 DETECTOR_FILE = "detector.pt"
@@ -33,17 +38,30 @@ DETECTOR_FILE = "detector.pt"
 
 @dataclass(frozen=True)
 class DetectorSchedule:
+    """``backbone_lr`` (AdamW only): the learning rate of the ResNet body; None means ``lr``."""
+
     batch_size: int
     lr: float
     warmup_iters: int = 100
     momentum: float = 0.9
     weight_decay: float = 1e-4
     max_grad_norm: float = 10.0
+    optimizer: str = "sgd"
+    backbone_lr: float | None = None
 
 
 SCHEDULES = {
-    "tiny": DetectorSchedule(batch_size=8, lr=0.02),
-    "paper": DetectorSchedule(batch_size=8, lr=0.01, warmup_iters=500),
+    (FASTER_RCNN_KIND, "tiny"): DetectorSchedule(batch_size=8, lr=0.02),
+    (FASTER_RCNN_KIND, "paper"): DetectorSchedule(batch_size=8, lr=0.01, warmup_iters=500),
+    # DETR's own: AdamW lr 1e-4, backbone 1e-5, weight decay 1e-4, gradient norm clipped at 0.1.
+    ("detr", "paper"): DetectorSchedule(
+        batch_size=8, lr=1e-4, backbone_lr=1e-5, max_grad_norm=0.1, optimizer="adamw"
+    ),
+    # From scratch on a CPU: one higher learning rate for the whole network (the backbone has
+    # no pretrained weights to protect).
+    ("detr", "tiny"): DetectorSchedule(
+        batch_size=8, lr=5e-4, max_grad_norm=0.1, optimizer="adamw", warmup_iters=50
+    ),
 }
 
 
@@ -56,11 +74,16 @@ def train_detector(
     weights: str | None,
     device: str,
     progress: bool = True,
+    kind: str = FASTER_RCNN_KIND,
 ) -> dict[str, float]:
-    """Trains a detector of ``preset`` on ``data``'s training boxes, saves it to
+    """Trains a ``kind`` detector of ``preset`` on ``data``'s training boxes, saves it to
     ``out_dir/detector.pt`` and returns ``{"box_mAP_50", "train_loss", "epochs", "seconds"}``
     with the box mAP@0.5 on the validation split."""
-    if preset not in SCHEDULES:
+    if kind not in DETECTOR_KINDS:
+        raise UserError(
+            f"unknown detector kind {kind!r}; choose one of {', '.join(DETECTOR_KINDS)}"
+        )
+    if (kind, preset) not in SCHEDULES:
         raise UserError(f"unknown detector preset {preset!r}; choose one of tiny, paper")
     if epochs < 1:
         raise UserError(f"epochs must be >= 1, got {epochs}")
@@ -69,22 +92,23 @@ def train_detector(
     target_device = resolve_device(device)
     train_set, val_set = (_load_split(data, split, seed) for split in ("train", "val"))
     classes = list(train_set.object_classes)
-    model = build_detector(preset, len(classes), weights).to(target_device)
-    schedule = SCHEDULES[preset]
+    model = _build(kind, preset, len(classes), weights).to(target_device)
+    schedule = SCHEDULES[kind, preset]
     loader = _loader(train_set, data, schedule.batch_size, shuffle=True, seed=seed)
-    optimizer, scheduler = _optimizer(model, schedule, epochs * len(loader))
+    optimizer, scheduler = detector_optimizer(model, schedule, epochs * len(loader))
     loss = math.nan
+    out_dir = Path(out_dir)
     for epoch in range(1, epochs + 1):
         epoch_started = time.perf_counter()
         loss = train_detector_epoch(
             model, loader, optimizer, scheduler, target_device, schedule, progress
         )
+        # Saved every epoch, so that a long run that is stopped still leaves a usable detector.
+        _save(model, out_dir / DETECTOR_FILE, preset, classes)
         print(
             f"detector epoch {epoch}/{epochs}: loss {loss:.4f} ({time.perf_counter() - epoch_started:.1f}s)",
             flush=True,
         )
-    out_dir = Path(out_dir)
-    save_detector(model, out_dir / DETECTOR_FILE, preset, len(classes), classes)
     val_loader = _loader(val_set, data, schedule.batch_size, shuffle=False, seed=seed)
     box_map = evaluate_detector(model, val_loader, len(classes), target_device, progress)
     print(f"detector saved to {out_dir / DETECTOR_FILE}; val box mAP@0.5 {box_map:.4f}", flush=True)
@@ -96,8 +120,38 @@ def train_detector(
     }
 
 
+def _build(kind: str, preset: str, num_classes: int, weights: str | None) -> nn.Module:
+    if kind == FASTER_RCNN_KIND:
+        return build_detector(preset, num_classes, weights)
+    return build_detr(preset, num_classes - 1, weights)
+
+
+def _save(model: nn.Module, path: Path, preset: str, classes: list[str]) -> None:
+    if isinstance(model, DETR):
+        save_detr(model, path, preset, classes)
+    else:
+        save_detector(model, path, preset, len(classes), classes)
+
+
+def detection_loss(
+    model: nn.Module, images: list[torch.Tensor], boxes: list[dict[str, torch.Tensor]]
+) -> torch.Tensor:
+    """The training loss of a batch: torchvision's summed losses for Faster R-CNN, DETR's
+    weighted set losses for DETR. ``boxes``: per image ``{"boxes": xyxy pixels, "labels"}``."""
+    if isinstance(model, DETR):
+        return weighted_total(detr_losses(model(images), boxes), model.loss_weights)
+    return sum(model(images, boxes).values())
+
+
+def detect_boxes(model: nn.Module, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Eval-mode detections per image: ``{"boxes": xyxy pixels, "labels", "scores"}``."""
+    if isinstance(model, DETR):
+        return detections(model(images))
+    return model(images)
+
+
 def train_detector_epoch(
-    model: FasterRCNN,
+    model: nn.Module,
     loader: Iterable[tuple[list[torch.Tensor], list[SceneGraphTarget]]],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -105,13 +159,13 @@ def train_detector_epoch(
     schedule: DetectorSchedule,
     progress: bool = False,
 ) -> float:
-    """One pass; returns the mean of torchvision's summed detection losses."""
+    """One pass; returns the mean training loss (``detection_loss``)."""
     model.train()
     total, steps = 0.0, 0
     for images, targets in tqdm(loader, desc="detector", leave=False, disable=not progress):
         images = [image.to(device) for image in images]
         boxes = [{"boxes": t.boxes.to(device), "labels": t.labels.to(device)} for t in targets]
-        loss = sum(model(images, boxes).values())
+        loss = detection_loss(model, images, boxes)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"detector loss became {loss.item()} at step {steps}")
         optimizer.zero_grad(set_to_none=True)
@@ -128,7 +182,7 @@ def train_detector_epoch(
 
 @torch.no_grad()
 def evaluate_detector(
-    model: FasterRCNN,
+    model: nn.Module,
     loader: Iterable[tuple[list[torch.Tensor], list[SceneGraphTarget]]],
     num_classes: int,
     device: torch.device,
@@ -140,7 +194,7 @@ def evaluate_detector(
     for images, batch_targets in tqdm(
         loader, desc="detector val", leave=False, disable=not progress
     ):
-        outputs = model([image.to(device) for image in images])
+        outputs = detect_boxes(model, [image.to(device) for image in images])
         predictions += [{k: v.cpu() for k, v in output.items()} for output in outputs]
         targets += batch_targets
     return box_map_at_50(predictions, targets, num_classes)
@@ -173,19 +227,34 @@ def _loader(
     )
 
 
-def _optimizer(
-    model: FasterRCNN, schedule: DetectorSchedule, total_iters: int
-) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
-    """SGD; linear warm-up from lr/3, then ×0.1 for the last quarter of the iterations."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay
-    )
+def detector_optimizer(
+    model: nn.Module, schedule: DetectorSchedule, total_iters: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """SGD or AdamW; linear warm-up from lr/3, then ×0.1 for the last quarter of the iterations."""
+    if schedule.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(
+            _parameter_groups(model, schedule), lr=schedule.lr, weight_decay=schedule.weight_decay
+        )
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(
+            params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay
+        )
     warmup = min(schedule.warmup_iters, max(total_iters // 4, 1))
     decay_at = int(total_iters * 0.75)
 
     def factor(iteration: int) -> float:
-        ramp = 1 / 3 + (2 / 3) * min(iteration / warmup, 1.0)
+        ramp = 1 / 3 + (2 / 3) * min(iteration / warmup, 1.0) if warmup else 1.0
         return ramp * (0.1 if iteration >= decay_at else 1.0)
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _parameter_groups(model: nn.Module, schedule: DetectorSchedule) -> list[dict]:
+    """The backbone's parameters at ``backbone_lr``, the rest at ``lr`` (DETR's split)."""
+    backbone_lr = schedule.lr if schedule.backbone_lr is None else schedule.backbone_lr
+    backbone, rest = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (backbone if name.startswith("backbone.") else rest).append(parameter)
+    return [{"params": rest}, {"params": backbone, "lr": backbone_lr}]

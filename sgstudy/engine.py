@@ -24,10 +24,15 @@ from tqdm import tqdm
 
 from sgstudy.config import OptimConfig
 from sgstudy.errors import UserError
-from sgstudy.metric_names import TOTAL_LOSS
+from sgstudy.metric_names import ALIGN_GRAD_RATIO, TOTAL_LOSS
+from sgstudy.models.diagnostics import gradient_norm_ratio
 from sgstudy.structures import SceneGraphTarget
 
 Batch = tuple[list[torch.Tensor], list[SceneGraphTarget]]
+
+# Training steps per epoch on which the alignment/supervised gradient balance is measured: two
+# extra backward passes each, so a few keep the cost near zero.
+GRADIENT_PROBES_PER_EPOCH = 3
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,9 +99,14 @@ def train_one_epoch(
     progress: bool = False,
     description: str = "train",
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of every loss term and of the weighted total."""
+    """One pass over ``loader``; returns the mean of every loss term and of the weighted total,
+    and, for a model with ``shared_encoder_parameters`` and a ``loss_align`` term, the mean
+    ``ALIGN_GRAD_RATIO`` over ``GRADIENT_PROBES_PER_EPOCH`` evenly spaced steps."""
     model.train()
     weights = unwrap(model).loss_weights
+    encoder = getattr(unwrap(model), "shared_encoder_parameters", None)
+    probe_every = max(1, len(loader) // GRADIENT_PROBES_PER_EPOCH) if encoder else 0
+    ratios: list[float] = []
     use_amp = scaler is not None and scaler.is_enabled()
     sums: dict[str, float] = defaultdict(float)
     steps = 0
@@ -109,6 +119,10 @@ def train_one_epoch(
             total = weighted_total(losses, weights)
         if not math.isfinite(total.item()):
             raise FloatingPointError(f"loss became {total.item()} at step {steps}: {losses}")
+        if probe_every and steps % probe_every == 0 and len(ratios) < GRADIENT_PROBES_PER_EPOCH:
+            ratio = gradient_norm_ratio(losses, weights, "loss_align", encoder())
+            if ratio is not None:
+                ratios.append(ratio)
         optimizer.zero_grad(set_to_none=True)
         if use_amp:
             scaler.scale(total).backward()
@@ -130,7 +144,10 @@ def train_one_epoch(
         bar.set_postfix(loss=f"{sums[TOTAL_LOSS] / steps:.3f}")
     if steps == 0:
         raise UserError("the training split is empty: no image with relations to train on")
-    return {name: value / steps for name, value in sums.items()}
+    means = {name: value / steps for name, value in sums.items()}
+    if ratios:
+        means[ALIGN_GRAD_RATIO] = sum(ratios) / len(ratios)
+    return means
 
 
 @torch.no_grad()

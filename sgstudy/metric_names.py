@@ -21,6 +21,14 @@ PREDICATE_GROUPS: tuple[str, ...] = ("head", "body", "tail")
 LOSS_TERMS: tuple[str, ...] = ("loss_rel", "loss_obj", "loss_align")
 TOTAL_LOSS = "loss"
 
+# Collapse and balance diagnostics, per epoch (sgstudy.models.diagnostics):
+#   pair_rank         effective rank of the pair representation on val
+#   align_grad_ratio  ‖∇ λ·loss_align‖ / ‖∇ supervised losses‖ on the shared encoder, mean over
+#                     a few sampled training steps (only runs with alignment)
+PAIR_RANK = "pair_rank"
+ALIGN_GRAD_RATIO = "align_grad_ratio"
+DIAGNOSTICS: tuple[str, ...] = (PAIR_RANK, ALIGN_GRAD_RATIO)
+
 # The metric a study optimises and the reports sort by.
 PRIMARY_METRIC = "mR_50"
 

@@ -52,7 +52,9 @@ from sgstudy.evaluation.sgg_eval import (
     SceneGraphEvaluator,
     per_predicate_artifact,
 )
+from sgstudy.metric_names import PAIR_RANK
 from sgstudy.models import build_model
+from sgstudy.models.diagnostics import RepresentationProbe
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
@@ -297,9 +299,17 @@ class TrainingSession:
         )
 
     def evaluate(self, loader: DataLoader, name: str) -> Any:
+        """The task's evaluation result on ``loader``, plus ``PAIR_RANK`` for models that expose
+        their pair representation (``pair_representation_layer``)."""
         evaluator = self.pipeline.make_evaluator(self.config, self.statistics)
         model = self.model.module if dist.is_initialized() else self.model
-        return evaluate(model, loader, evaluator, self.device, self.progress, description=name)
+        layer = getattr(model, "pair_representation_layer", None)
+        if layer is None:
+            return evaluate(model, loader, evaluator, self.device, self.progress, description=name)
+        with RepresentationProbe(layer()) as probe:
+            result = evaluate(model, loader, evaluator, self.device, self.progress, name)
+        result.metrics[PAIR_RANK] = probe.effective_rank()
+        return result
 
     def save(self, checkpoint_file: Path, extra: dict[str, Any] | None = None) -> None:
         save_checkpoint(

@@ -1,17 +1,22 @@
-"""Relation alignment, the generic parts: the mask, the two alignment losses, the description."""
+"""Relation alignment, the generic parts: the masks, the two alignment losses, the projection
+head, the config switches and the description."""
 
 import math
 
 import pytest
 import torch
 
-from sgstudy.config import AlignConfig
+from sgstudy.config import AlignConfig, RunConfig
+from sgstudy.errors import ConfigError
 from sgstudy.models.align import (
+    AlignmentProjection,
     alignment_loss,
     describe_alignment,
     distribution_alignment,
     keep_mask,
     mask_features,
+    mask_relations,
+    masked_relation_rows,
     representation_alignment,
 )
 
@@ -98,3 +103,58 @@ def test_describe_names_mask_and_target():
     assert text["align_aligns"].startswith("KL")
     assert "5.0" in text["align_loss"]
     assert describe_alignment(AlignConfig(), "x", "y") == {"align_branch": "off"}
+
+
+# ---------------------------------------------------------------- relation masks
+@pytest.mark.parametrize(("ratio", "relations"), [(0.05, 400), (0.1, 73), (0.4, 10), (0.6, 1000)])
+def test_relation_mask_zeroes_whole_rows_of_exactly_a_share_p(ratio, relations):
+    features = torch.rand(relations, 12) + 1.0  # no element is zero before
+    masked, rows = mask_relations(features, ratio, torch.Generator().manual_seed(3))
+    assert rows.dtype == torch.bool and rows.shape == (relations,)
+    assert int(rows.sum()) == round(ratio * relations)
+    assert torch.equal(masked[rows], torch.zeros_like(masked[rows]))  # whole rows
+    assert torch.equal(masked[~rows], features[~rows])  # the others untouched
+
+
+def test_relation_masks_differ_between_draws_and_repeat_from_a_seed():
+    first = masked_relation_rows(100, 0.3, generator=torch.Generator().manual_seed(1))
+    again = masked_relation_rows(100, 0.3, generator=torch.Generator().manual_seed(1))
+    other = masked_relation_rows(100, 0.3, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_projection_head_keeps_the_width():
+    head = AlignmentProjection(16)
+    assert head(torch.randn(5, 16)).shape == (5, 16)
+
+
+def test_default_is_relation_masks_and_distribution_alignment():
+    config = AlignConfig()
+    assert (config.mask_unit, config.masked_input, config.target) == (
+        "relation", "pair_context", "distribution",
+    )  # fmt: skip
+    assert config.projection_head
+    text = describe_alignment(AlignConfig(enabled=True), "pair contexts", "rep")
+    assert "round(p=0.1" in text["align_masks"] and "masked relations only" in text["align_aligns"]
+
+
+def test_relation_masks_need_a_tensor_with_one_row_per_relation():
+    with pytest.raises(ConfigError, match="holds objects, not relations"):
+        AlignConfig(masked_input="edge_input")  # mask_unit defaults to relation
+    with pytest.raises(ConfigError, match="align_mask_unit"):
+        AlignConfig(mask_unit="pixel")
+
+
+def test_flat_keys_reach_the_first_implementation():
+    flat = {
+        "align": True, "align_mask_unit": "element", "masked_input": "edge_input",
+        "align_target": "representation", "align_projection_head": False,
+    }  # fmt: skip
+    config = RunConfig.from_flat(flat)
+    align = config.model.align
+    assert (align.mask_unit, align.masked_input, align.target, align.projection_head) == (
+        "element", "edge_input", "representation", False,
+    )  # fmt: skip
+    params = config.to_params()
+    assert params["align_mask_unit"] == "element" and params["align_projection_head"] is False
+    assert RunConfig.from_flat(params) == config

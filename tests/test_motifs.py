@@ -108,17 +108,22 @@ def test_forward_backward_trains_the_relation_head_only(
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-@pytest.mark.parametrize("masked_input", ["edge_input", "edge_context"])
+@pytest.mark.parametrize(
+    ("masked_input", "mask_unit"),
+    [("pair_context", "relation"), ("pair_context", "element"), ("edge_input", "element"),
+     ("edge_context", "element")],
+)  # fmt: skip
 def test_alignment_leaves_the_supervised_losses_unchanged(
-    statistics, detector_file, batch, protocol, masked_input
+    statistics, detector_file, batch, protocol, masked_input, mask_unit
 ):
     weight = 7.0
     baseline = motifs(statistics, detector_file, protocol).train()
     aligned = motifs(
         statistics, detector_file, protocol, enabled=True, mask_ratio=0.4, weight=weight,
-        masked_input=masked_input, target="both",
+        masked_input=masked_input, mask_unit=mask_unit, target="both",
     ).train()  # fmt: skip
-    aligned.load_state_dict(baseline.state_dict())  # same weights, whatever the build drew
+    # Same weights, whatever the build drew; the projection head exists in the aligned model only.
+    aligned.load_state_dict(baseline.state_dict(), strict=False)
     torch.manual_seed(5)
     plain = baseline(*batch)
     torch.manual_seed(5)
@@ -132,8 +137,12 @@ def test_alignment_leaves_the_supervised_losses_unchanged(
 
 
 def test_mask_ratio_zero_makes_the_branches_identical(statistics, detector_file, batch):
-    """The branch shares every parameter: with nothing masked it reproduces the teacher."""
-    model = motifs(statistics, detector_file, "sgcls", enabled=True, mask_ratio=0.0, target="both")
+    """The branch shares every parameter: with nothing masked it reproduces the teacher (compared
+    without the projection head, which only the student reads)."""
+    model = motifs(
+        statistics, detector_file, "sgcls", enabled=True, mask_ratio=0.0, target="both",
+        mask_unit="element", projection_head=False,
+    )  # fmt: skip
     assert model.train()(*batch)["loss_align"].item() == pytest.approx(0.0, abs=1e-9)
 
 
@@ -213,7 +222,10 @@ def test_detector_of_other_classes_is_refused(statistics, tmp_path):
 
 
 def test_describe_reports_widths_detector_and_alignment(statistics, detector_file):
-    model = motifs(statistics, detector_file, "predcls", enabled=True, masked_input="edge_context")
+    model = motifs(
+        statistics, detector_file, "predcls", enabled=True, masked_input="edge_context",
+        mask_unit="element",
+    )  # fmt: skip
     text = model.describe()
     assert text["motifs_preset"] == "tiny" and "pair 256" in text["motifs_widths"]
     assert "random frozen features" in text["motifs_detector"]

@@ -68,6 +68,9 @@ EXPECTED_MARKDOWN = """\
 | DSG (sum) | 50.0 | 40.0 | 45.0 | 1 |
 | no-DSG | 42.0 ± 2.8 | 32.0 ± 2.8 | 37.0 ± 2.8 | 2 |
 | Two-step | 30.0 | 20.0 | 25.0 | 1 |
+
+Cells: mean ± sample std over n runs (seeds), percent. Some method has a single run: it has no \
+interval, so bold marks the best value as printed and no significance can be given for it.
 """
 
 

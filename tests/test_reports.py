@@ -67,6 +67,9 @@ def log_trial(client, experiment_id, parent_id, spec, folder: Path) -> str:
     params = {"model": "motifs", "protocol": "predcls", "align": str(align), "mask_ratio": str(p),
               "align_weight": str(lam), "seed": str(seed), "epochs": "2", "lr": "0.02"}  # fmt: skip
     finals = {"mR_50": mr50, "mR_100": mr100, "R_100": 0.6, "tail_mR_100": 0.05, "epoch": 2}
+    finals["pair_rank"] = 40.0 + seed
+    if align:
+        finals["align_grad_ratio"] = 0.5
     # Epoch 1 logs other values: the report must read the last epoch's.
     metrics = [Metric(key, 0.01, 0, 1) for key in finals]
     metrics += [Metric(key, float(value), 0, 2) for key, value in finals.items()]
@@ -200,30 +203,36 @@ def test_unreachable_server_is_a_user_error():
 # ---------------------------------------------------------------- tables
 def test_markdown_table_with_seeds_and_tied_bold(p_results):
     expected = (
-        "| Method | mR@50 | mR@100 | n |\n"
-        "|:---|---:|---:|---:|\n"
-        "| Motifs | 21.0 ± 1.4 | 25.0 ± 1.4 | 2 |\n"
-        "| Align-Motifs (p = 0.05) | 23.7 | 25.9 | 1 |\n"
-        "| Align-Motifs (p = 0.1) | **23.9** | **26.2** | 1 |\n"
-        "| Align-Motifs (p = 0.2) | **23.9** | 25.8 | 1 |\n"
+        "| Method | mR@50 | mR@100 | Δ mR@50 [95%] | Δ mR@100 [95%] | n |\n"
+        "|:---|---:|---:|---:|---:|---:|\n"
+        "| Motifs | 21.0 ± 1.4 | 25.0 ± 1.4 | – | – | 2 |\n"
+        "| Align-Motifs (p = 0.05) | 23.7 | 25.9 | – | – | 1 |\n"
+        "| Align-Motifs (p = 0.1) | **23.9** | **26.2** | – | – | 1 |\n"
+        "| Align-Motifs (p = 0.2) | **23.9** | 25.8 | – | – | 1 |\n"
+        "\n"
+        "Cells: mean ± sample std over n runs (seeds), percent. Δ: Align minus the baseline of its "
+        "family in percentage points, with Welch's 95% interval; * marks an interval that "
+        "excludes 0. Some method has a single run: it has no interval, so bold marks the best "
+        "value as printed and no significance can be given for it.\n"
     )
     assert tables.markdown_table(main_summary(p_results), ["mR_50", "mR_100"]) == expected
 
 
 def test_latex_table(p_results):
     expected = (
-        "\\begin{tabular}{lrrr}\n"
+        "\\begin{tabular}{lrrrrr}\n"
         "\\toprule\n"
-        "Method & mR@50 & mR@100 & n \\\\\n"
+        "Method & mR@50 & mR@100 & $\\Delta$ mR@50 [95\\%] & $\\Delta$ mR@100 [95\\%] & n \\\\\n"
         "\\midrule\n"
-        "Motifs & 21.0 $\\pm$ 1.4 & 25.0 $\\pm$ 1.4 & 2 \\\\\n"
-        "Align-Motifs ($p = 0.05$) & 23.7 & 25.9 & 1 \\\\\n"
-        "Align-Motifs ($p = 0.1$) & \\textbf{23.9} & \\textbf{26.2} & 1 \\\\\n"
-        "Align-Motifs ($p = 0.2$) & \\textbf{23.9} & 25.8 & 1 \\\\\n"
+        "Motifs & 21.0 $\\pm$ 1.4 & 25.0 $\\pm$ 1.4 & -- & -- & 2 \\\\\n"
+        "Align-Motifs ($p = 0.05$) & 23.7 & 25.9 & -- & -- & 1 \\\\\n"
+        "Align-Motifs ($p = 0.1$) & \\textbf{23.9} & \\textbf{26.2} & -- & -- & 1 \\\\\n"
+        "Align-Motifs ($p = 0.2$) & \\textbf{23.9} & 25.8 & -- & -- & 1 \\\\\n"
         "\\bottomrule\n"
         "\\end{tabular}\n"
     )
-    assert tables.latex_table(main_summary(p_results), ["mR_50", "mR_100"]) == expected
+    text = tables.latex_table(main_summary(p_results), ["mR_50", "mR_100"])
+    assert text.startswith(expected) and text[len(expected) :].startswith("% Cells: mean")
 
 
 def test_single_seed_table_has_the_papers_shape(lambda_results):
@@ -234,6 +243,9 @@ def test_single_seed_table_has_the_papers_shape(lambda_results):
         "| Align-Motifs (λ = 0.1) | 22.0 | 23.5 |\n"
         "| Align-Motifs (λ = 1) | 23.8 | 25.9 |\n"
         "| Align-Motifs (λ = 10) | **23.9** | **26.2** |\n"
+        "\n"
+        "One run per method: no interval, so no significance can be given; bold marks the best "
+        "value as printed.\n"
     )
     assert tables.markdown_table(main_summary(lambda_results), ["mR_50", "mR_100"]) == expected
 
@@ -246,16 +258,17 @@ def test_seed_mean_and_std_and_csv(p_results):
     assert baseline["mR_50_std"] == pytest.approx(np.std([0.20, 0.22], ddof=1))
     assert math.isnan(summary.iloc[1]["mR_50_std"])
     lines = tables.csv_table(summary, ["mR_50"]).splitlines()
-    assert lines[0] == "method,family,protocol,align,p,lambda,n,mR_50_mean,mR_50_std"
-    assert lines[3] == "Align-Motifs (p = 0.1),Motifs,predcls,True,0.1,10.0,1,0.239,"
+    stats = "mR_50_low,mR_50_high,mR_50_diff,mR_50_diff_low,mR_50_diff_high,mR_50_p"
+    assert lines[0] == "method,family,protocol,align,p,lambda,n,mR_50_mean,mR_50_std," + stats
+    assert lines[3] == "Align-Motifs (p = 0.1),Motifs,predcls,True,0.1,10.0,1,0.239,,,,,,,"
 
 
 def test_group_table_marks_unlogged_groups(p_results):
     keys = tables.group_metrics((100,))
     text = tables.markdown_table(main_summary(p_results, keys), keys)
-    assert text.splitlines()[0] == "| Method | head mR@100 | body mR@100 | tail mR@100 | n |"
+    assert text.splitlines()[0].startswith("| Method | head mR@100 | body mR@100 | tail mR@100 |")
     # Only tail was logged; the tied maxima are every row.
-    assert text.splitlines()[2] == "| Motifs | – | – | **5.0** ± 0.0 | 2 |"
+    assert text.splitlines()[2] == "| Motifs | – | – | **5.0** ± 0.0 | – | – | – | 2 |"
 
 
 def test_exclusion_reasons_and_mixed_config_notes(p_results):
@@ -346,6 +359,9 @@ def test_write_report_files_index_and_logged_artifacts(store, tmp_path):
     index = outputs.index.read_text()
     assert "![Per-predicate R@100: Align-Motifs (p = 0.05) − Motifs](difference_R100.png)" in index
     assert "| **23.9** |" in index and "run FAILED" in index
+    # Diagnostics per method; the baseline has no alignment gradient.
+    assert "| Motifs | 40.50 ± 0.71 | – | 2 |" in index
+    assert "| Align-Motifs (p = 0.05) | 40.00 | 0.50 | 1 |" in index
     logged = store["client"].list_artifacts(store["p_parent"], "report")
     assert {Path(item.path).name for item in logged} == names
     assert outputs.logged_to == store["p_parent"]

@@ -113,8 +113,22 @@ def test_bad_seeds_are_config_errors(seeds, needle):
 
 
 def test_unknown_study_names_the_choices():
-    with pytest.raises(ConfigError, match="unknown study 'align-sgtr'.*align-motifs-p"):
-        get_study("align-sgtr")
+    with pytest.raises(ConfigError, match="unknown study 'align-dsg'.*align-motifs-p"):
+        get_study("align-dsg")
+
+
+def test_align_sgtr_grid_is_sgtr_against_align_sgtr_in_sgdet():
+    spec = get_study("align-sgtr")
+    configs = {c["variant"]: c for c in sample_all(spec, (0, 1))}
+    assert len(configs) == 2 and spec.num_samples((0, 1, 2, 3)) == 8
+    assert configs[BASELINE]["align"] is False
+    aligned = configs["p=0.1, λ=10"]
+    assert aligned["align"] is True and aligned["mask_ratio"] == 0.1
+    assert aligned["align_weight"] == 10.0
+    assert {c["model"] for c in configs.values()} == {"sgtr"}
+    assert {c["protocol"] for c in configs.values()} == {"sgdet"}
+    assert spec.needs_detector and not get_study("align-motifs-p").needs_detector
+    assert [spec.label(v) for v in spec.grid] == ["SGTR", "Align-SGTR (p=0.1, λ=10)"]
 
 
 def test_describe_lists_every_study_and_its_variants():

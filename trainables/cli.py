@@ -58,6 +58,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             values=args.values,
             max_failures=args.max_failures,
             log_checkpoints=args.log_checkpoints,
+            detector=args.detector,
         )
     )
     print(f"\nMLflow: {outcome.tracking_uri}, experiment {outcome.study}")
@@ -92,6 +93,9 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
         "--values", type=comma_floats, help="replace the swept p or λ values, e.g. 0.1,0.3"
     )
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument(
+        "--detector", help="trained detector checkpoint for every trial (SGDet studies need one)"
+    )
     p.add_argument(
         "--tracking-uri", help="MLflow: sqlite:///PATH or http://HOST:5000 (default ./mlflow.db)"
     )

@@ -35,6 +35,7 @@ class StudyOptions:
     values:  replace the paper's values of the swept hyperparameter (p or λ)
     fail_once_at_epoch: fault injection for testing retries: every trial raises once after
              reporting this epoch and is retried from its checkpoint
+    detector: a trained detector checkpoint every trial uses (needed by SGDet studies)
     """
 
     study: str
@@ -58,6 +59,7 @@ class StudyOptions:
     fail_once_at_epoch: int | None = None
     log_checkpoints: bool = False
     verbose: int = 1
+    detector: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,9 @@ def plan_study(options: StudyOptions) -> StudyPlan:
         raise ConfigError(f"unknown preset {options.preset!r}; choose one of {', '.join(PRESETS)}")
     data_root = check_data(options.data_root, spec.task)
     param_space: dict[str, Any] = {"data_root": data_root, "preset": options.preset}
+    detector = check_detector(spec, options.detector)
+    if detector is not None:
+        param_space["detector_checkpoint"] = detector
     if options.epochs is not None:
         param_space["epochs"] = options.epochs
     # Validates the override; the study's model family may have its own default epochs.
@@ -166,6 +171,21 @@ def check_data(data_root: str, task: str = SCENE_GRAPH) -> str:
         )
     check_dataset(root)
     return str(root)
+
+
+def check_detector(spec: StudySpec, detector: str | None) -> str | None:
+    """The detector checkpoint's absolute path; an SGDet study without one is an error."""
+    if detector is None:
+        if spec.needs_detector:
+            raise ConfigError(
+                f"study {spec.name} runs SGDet: pass --detector FILE, a detector checkpoint "
+                "(sgstudy train-detector)"
+            )
+        return None
+    path = Path(detector).expanduser().absolute()
+    if not path.is_file():
+        raise UserError(f"detector checkpoint {path} does not exist")
+    return str(path)
 
 
 def check_trial_configs(spec: StudySpec, seeds: tuple[int, ...], space: dict[str, Any]) -> None:

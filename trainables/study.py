@@ -173,6 +173,7 @@ def launch_params(plan: StudyPlan) -> dict[str, Any]:
         "preset": options.preset,
         "epochs": plan.epochs,
         "data_root": plan.param_space["data_root"],
+        "detector_checkpoint": plan.param_space.get("detector_checkpoint"),
         "gpus_per_trial": options.gpus_per_trial,
         "cpus_per_trial": options.cpus_per_trial,
         "workers_per_trial": options.workers_per_trial,

@@ -2,8 +2,9 @@
 
 Every model follows one contract. Train mode: ``model(images, targets)`` returns a dict of
 unweighted loss terms (``loss_rel``, ``loss_obj`` in SGCls/SGDet, ``loss_align`` with
-alignment) and ``model.loss_weights`` says how they sum. Eval mode: one
-``sgstudy.structures.SceneGraphPrediction`` per image. The frozen detector's parameters have
+alignment) and ``model.loss_weights`` says how they sum. Eval mode: one prediction per target,
+``sgstudy.structures.SceneGraphPrediction`` for scene-graph models and
+``ReferringPrediction`` for the referring-relationship task (DSG). The frozen detector's parameters have
 ``requires_grad=False``; ``model.describe()`` gives strings for the run's params.
 """
 
@@ -17,9 +18,11 @@ from sgstudy.config import ModelConfig
 from sgstudy.errors import ConfigError
 from sgstudy.models.dsg import build_dsg
 from sgstudy.models.motifs import build_motifs
+from sgstudy.models.sgtr import build_sgtr
 
 MODEL_BUILDERS: dict[str, Callable[[ModelConfig, object], nn.Module]] = {
     "motifs": build_motifs,
+    "sgtr": build_sgtr,
     "dsg": build_dsg,
 }
 

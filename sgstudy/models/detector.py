@@ -39,6 +39,8 @@ from sgstudy.errors import ConfigError, UserError
 DETECTOR_PRESETS = ("tiny", "paper")
 RESNET_BACKBONES = ("resnet50", "resnet101")
 CHECKPOINT_FORMAT = "sgstudy-detector-v1"
+FASTER_RCNN_KIND = "faster-rcnn"
+DETECTOR_KINDS = (FASTER_RCNN_KIND, "detr")
 
 
 # ---------------------------------------------------------------- building
@@ -184,19 +186,15 @@ def save_detector(
     backbone: str = "resnet50",
 ) -> None:
     """Writes weights plus what rebuilds the network: preset, backbone, class count and names."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "format": CHECKPOINT_FORMAT,
+        "kind": FASTER_RCNN_KIND,
         "preset": preset,
         "backbone": backbone,
         "num_classes": int(num_classes),
         "class_names": list(class_names),
         "state_dict": model.state_dict(),
     }
-    partial = path.with_suffix(path.suffix + ".partial")
-    torch.save(payload, partial)
-    partial.replace(path)
+    write_detector_checkpoint(path, payload)
 
 
 def load_detector(path: str | Path, expected_classes: Sequence[str] | None = None) -> FasterRCNN:
@@ -205,10 +203,43 @@ def load_detector(path: str | Path, expected_classes: Sequence[str] | None = Non
     ``expected_classes`` (background first) is checked against the classes the checkpoint
     recorded, so a detector trained on another dataset is refused with a clear message.
     """
+    payload = read_detector_checkpoint(path, FASTER_RCNN_KIND, expected_classes)
+    model = build_detector(payload["preset"], payload["num_classes"], None, payload["backbone"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise UserError(f"detector checkpoint {path} does not fit its own network: {exc}") from exc
+    return model
+
+
+def write_detector_checkpoint(path: str | Path, payload: dict) -> None:
+    """Saves ``payload`` (with its ``kind``) under this project's checkpoint format, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(path.suffix + ".partial")
+    torch.save({"format": CHECKPOINT_FORMAT, **payload}, partial)
+    partial.replace(path)
+
+
+def read_detector_checkpoint(
+    path: str | Path, kind: str, expected_classes: Sequence[str] | None = None
+) -> dict:
+    """The payload of a checkpoint written by ``sgstudy train-detector`` for a ``kind`` detector.
+
+    A checkpoint of another kind, of another dataset's classes (``expected_classes``, background
+    first) or not written by sgstudy is refused with one clear message. Checkpoints written
+    before detectors had kinds are Faster R-CNN ones.
+    """
     path = Path(path)
     payload = _read_file(path, "detector checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"detector checkpoint {path} was not written by sgstudy train-detector")
+    saved_kind = payload.get("kind", FASTER_RCNN_KIND)
+    if saved_kind != kind:
+        raise UserError(
+            f"detector checkpoint {path} holds a {saved_kind} detector, not the {kind} this "
+            f"model needs (train one with sgstudy train-detector --kind {kind})"
+        )
     saved = list(payload["class_names"])
     if expected_classes is not None:
         expected = list(expected_classes)
@@ -217,12 +248,7 @@ def load_detector(path: str | Path, expected_classes: Sequence[str] | None = Non
                 f"detector checkpoint {path} was trained on {payload['num_classes'] - 1} object "
                 f"classes that differ from the dataset's {len(expected) - 1}"
             )
-    model = build_detector(payload["preset"], payload["num_classes"], None, payload["backbone"])
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise UserError(f"detector checkpoint {path} does not fit its own network: {exc}") from exc
-    return model
+    return payload
 
 
 def _read_file(path: Path, what: str) -> object:

@@ -92,3 +92,39 @@ def all_ordered_pairs(num_objects: int, device: torch.device | str = "cpu") -> T
     subjects, objects = torch.meshgrid(index, index, indexing="ij")
     off_diagonal = subjects != objects
     return torch.stack((subjects[off_diagonal], objects[off_diagonal]), dim=1)
+
+
+class DetectionFrequencyBaseline(nn.Module):
+    """The SGDet frequency baseline on a frozen DETR's entities: every ordered pair of the
+    detector's detections (all its queries, labelled with their best foreground class) gets
+    p(predicate | subject label, object label); the detection scores are the object scores, so
+    a triplet ranks by frequency × subject score × object score. It is the yardstick SGTR must
+    beat on the same detector (``sgstudy baseline --protocol sgdet --detector FILE``)."""
+
+    def __init__(self, frequency: FrequencyBaseline, detector: nn.Module) -> None:
+        super().__init__()
+        from sgstudy.models.detector import freeze
+
+        self.frequency = frequency
+        self.detector = freeze(detector)
+
+    def forward(
+        self, images: list[Tensor], targets: list[SceneGraphTarget]
+    ) -> list[SceneGraphPrediction]:
+        from sgstudy.models.detr import detections
+
+        table = self.frequency.predicate_distribution
+        predictions = []
+        for found in detections(self.detector(images)):
+            labels = found["labels"]
+            pairs = all_ordered_pairs(labels.numel(), labels.device)
+            predictions.append(
+                SceneGraphPrediction(
+                    boxes=found["boxes"],
+                    labels=labels,
+                    label_scores=found["scores"],
+                    pairs=pairs,
+                    predicate_scores=table[labels[pairs[:, 0]], labels[pairs[:, 1]]],
+                )
+            )
+        return predictions

@@ -9,11 +9,24 @@ The forward pass, top to bottom:
 4. edge context: a BiLSTM over [label embedding, ROI feature, object context];
 5. per ordered pair: subject and object edge contexts -> pair representation x union-box
    feature -> predicate logits + frequency bias.
-6. alignment (training only, ``align.enabled``): steps 4-5 run again, same parameters, on the
-   edge context's input (``masked_input="edge_input"``) or output (``"edge_context"``) with a
-   Bernoulli(p) share of its elements zeroed; the masked branch's projected pair representation
-   (and/or predicate distribution) is pulled to the supervised one's, which is detached.
-   Detector, object context and union features are computed once and shared.
+6. alignment (training only, ``align.enabled``): step 5 (with ``masked_input="edge_input"``
+   steps 4-5) runs again, same parameters, on masked relational input; the masked branch's
+   predicate distribution (or representation) is pulled to the supervised one's, which is
+   detached. Detector, object context and union features are computed once and shared.
+
+Which tensor is masked, and why (SPEC §4). The abstract masks "relational input features ...
+prior to message passing and predicate prediction" and aligns "the predictions for masked
+relations". Motifs' message passing (the two BiLSTMs) runs over objects, so a relation exists
+only after it: its inputs to the predicate predictor are its pair context (the subject's and the
+object's edge contexts, ``PairClassifier.pair_context``) and its union-box feature, fused as
+``combine(pair context) * union``. The default masks a share p of the relations by zeroing their
+pair context row: a masked relation keeps only its own visual evidence (union box) and the label
+frequency bias, and its predicate distribution must match the one the full model predicts from
+context. Zeroing the union feature or the fused product instead would zero the product itself,
+so the masked prediction would be the frequency bias alone and no shared layer would learn from
+the alignment. ``masked_input="edge_input"`` with ``mask_unit="element"`` is the first
+implementation: Bernoulli(p) elements of the edge-context BiLSTM input (before message passing),
+every relation aligned.
 
 Without a detector checkpoint (PredCls and SGCls) the ROI features come from a freshly
 initialised detector of the preset, frozen: fixed random features, or backbone features when
@@ -31,7 +44,13 @@ from torchvision.models.detection import FasterRCNN
 
 from sgstudy.config import AlignConfig, ModelConfig
 from sgstudy.errors import ConfigError
-from sgstudy.models.align import alignment_loss, describe_alignment, mask_features
+from sgstudy.models.align import (
+    AlignmentProjection,
+    alignment_loss,
+    describe_alignment,
+    mask_features,
+    mask_relations,
+)
 from sgstudy.models.detector import (
     BackboneOutput,
     box_features,
@@ -137,6 +156,13 @@ class MotifsModel(nn.Module):
         self.union_features = UnionFeatures(channels, resolution, w.pair_dim)
         self.pair_classifier = PairClassifier(w.edge_hidden, w.pair_dim, num_predicates)
         self.frequency_bias = FrequencyBias(pair_predicate_counts)
+        # The student's own head for representation alignment; the supervised branch never
+        # reads it (``AlignmentProjection``).
+        reads_representation = align.enabled and align.target in ("representation", "both")
+        self.align_projection = (
+            AlignmentProjection(w.pair_dim) if reads_representation and align.projection_head
+            else None
+        )  # fmt: skip
         self.initialise_relation_layers()
 
     def initialise_relation_layers(self) -> None:
@@ -180,7 +206,10 @@ class MotifsModel(nn.Module):
         flat_pairs = _flatten_pairs(pairs, objects.boxes)
         union = self.union_of_pairs(view, objects, pairs)
         edge_input = self.edge_context.encode(labels, objects.roi, object_context)
-        representation, logits = self.relation_head(edge_input, order, flat_pairs, union, labels)
+        edge_context = self.edge_context.contextualise(edge_input, order)
+        bias = self.frequency_bias(labels[flat_pairs[:, 0]], labels[flat_pairs[:, 1]])
+        pair_context = self.pair_classifier.pair_context(edge_context, flat_pairs)
+        representation, logits = self.predict_predicates(pair_context, union, bias)
         if not self.training:
             return self.predictions(objects, object_logits, labels, pairs, logits)
         losses = {"loss_rel": _cross_entropy(logits, predicates)}
@@ -188,34 +217,74 @@ class MotifsModel(nn.Module):
             losses["loss_obj"] = _cross_entropy(object_logits, objects.labels)
         if self.align.enabled:
             # Drawn after the supervised branch, so that branch and its RNG use are untouched.
-            student = self.relation_head(edge_input, order, flat_pairs, union, labels, mask=True)
-            losses["loss_align"] = alignment_loss(
-                self.align.target, student[0], representation, student[1], logits
-            )
+            inputs = edge_input, edge_context, pair_context, order, flat_pairs
+            losses["loss_align"] = self.alignment(inputs, union, bias, representation, logits)
         return losses
 
-    def relation_head(
-        self,
-        edge_input: Tensor,
-        order: SortedSequences,
-        pairs: Tensor,
-        union: Tensor,
-        labels: Tensor,
-        mask: bool = False,
+    def predict_predicates(
+        self, pair_context: Tensor, union: Tensor, bias: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Edge context -> pair representation (P, pair_dim) and predicate logits (P, C+1).
-
-        With ``mask`` the alignment branch's Bernoulli mask hits ``align.masked_input``.
-        """
-        p = self.align.mask_ratio
-        if mask and self.align.masked_input == "edge_input":
-            edge_input = mask_features(edge_input, p)
-        edge_context = self.edge_context.contextualise(edge_input, order)
-        if mask and self.align.masked_input == "edge_context":
-            edge_context = mask_features(edge_context, p)
-        representation = self.pair_classifier.representation(edge_context, pairs, union)
-        bias = self.frequency_bias(labels[pairs[:, 0]], labels[pairs[:, 1]])
+        """Pair contexts (P, 2E), union features (P, pair_dim), frequency bias (P, C+1) -> pair
+        representation (P, pair_dim) and predicate logits (P, C+1)."""
+        representation = self.pair_classifier.fuse(pair_context, union)
         return representation, self.pair_classifier.classify(representation) + bias
+
+    def alignment(
+        self,
+        inputs: tuple[Tensor, Tensor, Tensor, SortedSequences, Tensor],
+        union: Tensor,
+        bias: Tensor,
+        teacher_representation: Tensor,
+        teacher_logits: Tensor,
+    ) -> Tensor:
+        """The unweighted L_align: the masked branch against the detached supervised branch.
+
+        inputs: the supervised branch's edge input (sum N, D_in), edge context (sum N, E), pair
+        contexts (P, 2E), object order and flat pairs (P, 2); the one named by
+        ``align.masked_input`` is masked and what follows it recomputed. With
+        ``mask_unit="relation"`` only the masked relations are aligned.
+        """
+        edge_input, edge_context, pair_context, order, pairs = inputs
+        a = self.align
+        aligned = torch.ones(len(pairs), dtype=torch.bool, device=union.device)
+        if a.masked_input == "edge_input":
+            edge_context = self.edge_context.contextualise(
+                mask_features(edge_input, a.mask_ratio), order
+            )
+        elif a.masked_input == "edge_context":
+            edge_context = mask_features(edge_context, a.mask_ratio)
+        if a.masked_input != "pair_context":
+            pair_context = self.pair_classifier.pair_context(edge_context, pairs)
+        elif a.mask_unit == "relation":
+            pair_context, aligned = mask_relations(pair_context, a.mask_ratio)
+        else:
+            pair_context = mask_features(pair_context, a.mask_ratio)
+        representation, logits = self.predict_predicates(pair_context, union, bias)
+        student = representation[aligned]
+        if self.align_projection is not None:
+            student = self.align_projection(student)
+        return alignment_loss(
+            a.target,
+            student,
+            teacher_representation[aligned],
+            logits[aligned],
+            teacher_logits[aligned],
+        )
+
+    def pair_representation_layer(self) -> nn.Module:
+        """The layer whose input is the pair representation (P, pair_dim): the classifier.
+        Diagnostics hook it to measure the representation's effective rank."""
+        return self.pair_classifier.classify
+
+    def shared_encoder_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters both branches run through before the classifier (object and
+        edge context, pair and union layers): where the alignment and supervised gradients
+        meet, so where their balance is measured."""
+        own = ("pair_classifier.classify", "frequency_bias", "decoder", "align_projection")
+        return [
+            p for name, p in self.named_parameters()
+            if p.requires_grad and not name.startswith(own)
+        ]  # fmt: skip
 
     # ------------------------------------------------------------ objects
     def detect_objects(
@@ -342,6 +411,8 @@ class MotifsModel(nn.Module):
         """Run parameters: widths, detector and what the alignment branch masks and aligns."""
         w = self.widths
         masked = {
+            "pair_context": "pair context [subject edge context, object edge context] of each "
+            "relation (its union-box feature and frequency bias are kept)",
             "edge_input": "edge-context BiLSTM input [label embedding, ROI feature, object "
             "context] of every object",
             "edge_context": "edge-context output (after BiLSTM and projection) of every object",

@@ -73,12 +73,20 @@ class PairClassifier(nn.Module):
         self.combine = nn.Linear(2 * edge_dim, pair_dim)
         self.classify = nn.Linear(pair_dim, num_predicates)
 
-    def representation(self, edge_context: Tensor, pairs: Tensor, union: Tensor) -> Tensor:
-        """edge_context (sum N, E); pairs (P, 2) flat object indices; union (P, pair_dim).
-        Returns the projected pair representation (P, pair_dim) that ``classify`` reads."""
+    def pair_context(self, edge_context: Tensor, pairs: Tensor) -> Tensor:
+        """edge_context (sum N, E); pairs (P, 2) flat object indices. Returns each relation's
+        context input (P, 2E): its subject's and its object's role-split edge contexts."""
         subject, object_ = self.split_roles(edge_context).chunk(2, dim=1)
-        pair = torch.cat([subject[pairs[:, 0]], object_[pairs[:, 1]]], dim=1)
-        return self.combine(pair) * union
+        return torch.cat([subject[pairs[:, 0]], object_[pairs[:, 1]]], dim=1)
+
+    def fuse(self, pair_context: Tensor, union: Tensor) -> Tensor:
+        """(P, 2E) pair contexts x (P, pair_dim) union features -> the pair representation
+        (P, pair_dim) that ``classify`` reads."""
+        return self.combine(pair_context) * union
+
+    def representation(self, edge_context: Tensor, pairs: Tensor, union: Tensor) -> Tensor:
+        """``fuse(pair_context(edge_context, pairs), union)``, (P, pair_dim)."""
+        return self.fuse(self.pair_context(edge_context, pairs), union)
 
 
 def frequency_log_probabilities(pair_predicate_counts: np.ndarray | Tensor) -> Tensor:
