@@ -124,10 +124,12 @@ def shows_statistics(summary: pd.DataFrame) -> bool:
 
 
 def shows_differences(summary: pd.DataFrame, keys: list[str]) -> bool:
-    """Δ columns appear with statistics when some row has a baseline to differ from (a study
-    without Align rows, such as the DSG ablation, has none)."""
-    return shows_statistics(summary) and any(
-        summary[f"{key}_diff"].notna().any() for key in keys
+    """Δ columns appear with statistics when some Align row has a baseline of its family to
+    differ from (a study without Align rows, such as the DSG ablation, has none)."""
+    aligned = summary["align"].astype(bool)
+    baseline_families = set(summary.loc[~aligned, "family"])
+    return shows_statistics(summary) and bool(
+        summary.loc[aligned, "family"].isin(baseline_families).any()
     )
 
 

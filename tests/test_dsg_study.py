@@ -91,7 +91,7 @@ def test_report_renders_the_iou_table_in_every_format(dsg_study, tmp_path):
     out = tmp_path / "report"
     outputs = write_report(STUDY, f"sqlite:///{workdir / 'mlflow.db'}", out)
     assert outputs.logged_to is not None
-    table = (out / "table_main.md").read_text().splitlines()
+    table = (out / "table_main.md").read_text().split("\n\n")[0].splitlines()
     assert table[0] == "| Method | subject IoU | object IoU | mean IoU |"
     assert [row.split(" | ")[0].lstrip("| ") for row in table[2:]] == [
         "DSG", "DSG (scalar attention)", "DSG (sum)", "no-DSG", "Two-step",

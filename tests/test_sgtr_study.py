@@ -96,8 +96,10 @@ def test_report_table_and_difference_figure(launch, tmp_path):
     out = tmp_path / "report"
     assert main(["report", STUDY, "--tracking-uri", uri, "--out", str(out)]) == 0
     table = (out / "table_main.md").read_text()
-    assert table.splitlines()[0] == "| Method | R@50 | R@100 | mR@50 | mR@100 | n |"
-    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["SGTR", "Align-SGTR"]
+    header, _, *rows = table.split("\n\n")[0].splitlines()
+    deltas = " | ".join(f"Δ {m} [95%]" for m in ("R@50", "R@100", "mR@50", "mR@100"))
+    assert header == f"| Method | R@50 | R@100 | mR@50 | mR@100 | {deltas} | n |"
+    assert [line.split("|")[1].strip() for line in rows] == ["SGTR", "Align-SGTR"]
     assert "tail mR@100" in (out / "table_groups.md").read_text()
     assert (out / "difference_R100.png").is_file()
 
