@@ -9,7 +9,6 @@ dataclasses, never the dict.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,12 @@ DSG_VARIANTS = ("dsg", "no-dsg", "two-step")
 # weight per neighbour, or a plain sum (GPI as in Herzig et al.).
 GPI_AGGREGATIONS = ("feature-attention", "scalar-attention", "sum")
 OPTIMIZERS = ("sgd", "adamw")
+
+
+# Above this λ the weighted loss is no longer finite-and-meaningful in float32: L_sgg (about 1)
+# falls below the rounding step of λ·L_align (float32 keeps 24 bits), and near 1e38 the sum
+# overflows to inf, failing every step.
+MAX_ALIGN_WEIGHT = 1e6
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,10 @@ class AlignConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ConfigError(f"mask_ratio (p) must be in [0, 1), got {self.mask_ratio}")
-        if not (self.weight >= 0.0 and math.isfinite(self.weight)):
-            raise ConfigError(f"align_weight (λ) must be a finite number >= 0, got {self.weight}")
+        if not 0.0 <= self.weight <= MAX_ALIGN_WEIGHT:
+            raise ConfigError(
+                f"align_weight (λ) must be in [0, {MAX_ALIGN_WEIGHT:g}], got {self.weight}"
+            )
         _check_choice("masked_input", self.masked_input, MASKED_INPUTS)
         _check_choice("align_target", self.target, ALIGN_TARGETS)
 
@@ -124,6 +131,12 @@ class DataConfig:
     num_val_images: int | None = None
     filter_non_overlap: bool = False
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.num_val_images is not None and self.num_val_images < 0:
+            raise ConfigError(f"num_val_images must be >= 0, got {self.num_val_images}")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 import argparse
 
+RUN_EXIT_CODES = """exit status:
+  0    every trial finished (also: --resume of a launch that had already finished)
+  2    bad input, refused before anything ran or was written (one "error:" line)
+  3    the launch ended but trials failed ("N of M trials failed: ..." names their runs;
+       each FAILED run carries the reason as tag sgstudy.failure and traceback.txt)
+  130  interrupted (Ctrl-C): finish the launch with the same command and --resume"""
+
 
 def comma_ints(text: str) -> tuple[int, ...]:
     try:
@@ -27,15 +34,42 @@ def comma_floats(text: str) -> tuple[float, ...]:
         ) from None
 
 
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 1..65535")
+    return port
+
+
+def check_port_free(host: str, port: int) -> None:
+    """``UserError`` if something already listens on ``host:port`` (the UI could not bind)."""
+    import socket
+
+    from sgstudy.errors import UserError
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(
+                f"cannot serve the MLflow UI on {host}:{port} ({exc.strerror}); pick --port"
+            ) from None
+
+
 def cmd_studies(args: argparse.Namespace) -> None:
     from search_spaces import describe_studies
 
     print(describe_studies())
 
 
-def cmd_run(args: argparse.Namespace) -> None:
+def cmd_run(args: argparse.Namespace) -> int:
+    import sys
+
     from trainables.plan import StudyOptions
-    from trainables.study import run_study
+    from trainables.study import exit_status, failure_summary, run_study
 
     outcome = run_study(
         StudyOptions(
@@ -62,6 +96,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     )
     print(f"\nMLflow: {outcome.tracking_uri}, experiment {outcome.study}")
     print(f"report: sgstudy report {outcome.study} --tracking-uri {outcome.tracking_uri}")
+    if outcome.failed_runs:
+        print(failure_summary(outcome), file=sys.stderr)
+    return exit_status(outcome)
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
@@ -74,6 +111,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///") and not sqlite_path(uri).is_file():
         raise UserError(f"no MLflow store at {sqlite_path(uri)}: run a study first")
+    check_port_free("127.0.0.1", args.port)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     command += ["--host", "127.0.0.1", "--port", str(args.port)]
     print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
@@ -81,7 +119,13 @@ def cmd_ui(args: argparse.Namespace) -> None:
 
 
 def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("run", help="run a study on Ray Tune, tracked in MLflow")
+    p = subparsers.add_parser(
+        "run",
+        help="run a study on Ray Tune, tracked in MLflow",
+        description="Run a study on Ray Tune, tracked in MLflow.",
+        epilog=RUN_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("study", help="a study name (sgstudy studies lists them)")
     p.add_argument(
         "--data", required=True, help="dataset root (VG150 layout), same path on every node"
@@ -136,5 +180,5 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     add_run_parser(subparsers)
     ui = subparsers.add_parser("ui", help="open the MLflow UI on the study runs")
     ui.add_argument("--tracking-uri", help="default: sqlite:///./mlflow.db")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=port_number, default=5000)
     ui.set_defaults(handler=cmd_ui)
