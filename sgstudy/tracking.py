@@ -104,15 +104,52 @@ def sqlite_path(uri: str) -> Path:
 
 
 def check_server_reachable(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
-    """Raises ``UserError`` unless something answers HTTP at ``uri`` within ``timeout_s``."""
+    """Raises ``UserError`` unless the MLflow REST API at ``uri`` answers a real request.
+
+    ``/health`` is not enough: a server started without ``--allowed-hosts`` for the address
+    it is reached by answers ``/health`` but refuses every API call (403, "Invalid Host
+    header"). The check lists one experiment, which writes nothing.
+    """
+    request = urllib.request.Request(f"{uri.rstrip('/')}{PROBE_ENDPOINT}")
+    for key, value in auth_headers().items():
+        request.add_header(key, value)
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+        with urllib.request.urlopen(request, timeout=timeout_s):
             return
-    except urllib.error.HTTPError:
-        return  # it answered; a proxy in front may just not route /health
+    except urllib.error.HTTPError as exc:
+        body = exc.read(300).decode(errors="replace")
+        raise UserError(
+            f"tracking server {uri} refused an API call (HTTP {exc.code}: "
+            f"{one_line(body) if body.strip() else exc.reason}); "
+            + SERVER_HINTS.get(exc.code, "is it an MLflow server?")
+        ) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UserError(f"tracking server {uri} is unreachable ({reason})") from exc
+
+
+# A read-only REST call every MLflow server serves, and what its refusals usually mean.
+PROBE_ENDPOINT = "/api/2.0/mlflow/experiments/search?max_results=1"
+SERVER_HINTS = {
+    401: "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)",
+    403: "start the server with --allowed-hosts naming the address you reach it by "
+    "(see docs/cluster.md)",
+}
+
+
+def auth_headers() -> dict[str, str]:
+    """The Authorization header MLflow's client would send, from its environment variables."""
+    import base64
+
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+    return {}
 
 
 def make_client(tracking_uri: str) -> Any:

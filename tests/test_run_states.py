@@ -59,6 +59,13 @@ def test_an_epoch_trained_again_is_logged_once(store):
     assert sorted((m.step, m.value) for m in history) == [(1, 2.0), (2, 1.0), (3, 0.8)]
     tracking.log_epoch(client, tracker.run_id, 3, {TOTAL_LOSS: 0.1})  # without a tracker
     assert len(client.get_metric_history(tracker.run_id, TOTAL_LOSS)) == 3
+    # A fresh attempt (no history) and one that fills in what its checkpoint holds.
+    tracker_for(client, study_run, "t1").backfill([])
+    tracker_for(client, study_run, "t1").backfill(
+        [{TOTAL_LOSS: 5.0, "epoch": 3}, {TOTAL_LOSS: 0.7, PRIMARY_METRIC: 0.7, "epoch": 4}]
+    )
+    history = client.get_metric_history(tracker.run_id, TOTAL_LOSS)
+    assert sorted((m.step, m.value) for m in history) == [(1, 2.0), (2, 1.0), (3, 0.8), (4, 0.7)]
 
 
 def test_a_failing_trial_ends_failed_with_its_reason_and_traceback(store):

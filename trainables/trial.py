@@ -207,7 +207,7 @@ class TrialTracker:
 
         for values in history:
             epoch = int(values[EPOCH_KEY])
-        tracking.log_epoch(self.client, self.run_id, epoch, values, self.logged)
+            tracking.log_epoch(self.client, self.run_id, epoch, values, self.logged)
 
     def finish(self, session: Any) -> None:
         from sgstudy import tracking
