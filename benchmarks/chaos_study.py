@@ -45,6 +45,7 @@ SYNTH_IMAGE_SIZE = 64
 # What a Ray worker running a function trainable calls itself in the process table.
 TRIAL_WORKER_TITLE = "ray::ImplicitFunc"
 TIMEOUT_S = 3600
+MAX_RESUMES = 3
 
 
 def sgstudy_command() -> list[str]:
@@ -118,7 +119,7 @@ class Launch:
 
     def start(self, resume: bool) -> subprocess.Popen:
         self.logs.mkdir(parents=True, exist_ok=True)
-        name = "resume" if resume else "first"
+        name = f"resume{len(self.exit_codes) + self.driver_kills}" if resume else "first"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("RAY_ADDRESS", None)
         with (
@@ -298,8 +299,12 @@ def run_chaos(
         return finished_trials(workdir) >= max(1, trials // 3)
 
     killed = launch.drive(launch.start(False), kill_every, max_kills, time_to_kill_driver)
-    if killed:
-        launch.drive(launch.start(True), kill_every, max_kills)
+    # Resume after the driver kill, and after a driver that Ray itself failed (exit 1, e.g.
+    # Tune not handling a worker killed by Ray's memory monitor), as a user would.
+    for _ in range(MAX_RESUMES):
+        if not (killed or launch.exit_codes[-1] == 1):
+            break
+        killed = launch.drive(launch.start(True), kill_every, max_kills)
     wall = time.monotonic() - started
     return launch, audit(workdir, trials, epochs), wall
 

@@ -55,7 +55,7 @@ MAX_REASON_LENGTH = 1000
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 # MLflow's limit on a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
 MAX_PARAM_LENGTH = 6000
-SERVER_TIMEOUT_S = 3.0
+SERVER_TIMEOUT_S = 15.0  # a busy server answers its first API call slowly
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ def test_the_recipes_server_takes_a_study_from_a_private_address(server_home):
     proc = start_server(server_home, mlflow_command())
     try:
         wait_for_health(server_home)
-        uri = tracking.resolve_tracking_uri(f"http://{HOST}:{PORT}")
+        uri = tracking.resolve_tracking_uri(f"http://{HOST}:{PORT}", timeout_s=120)
         client = tracking.make_client(uri)
         experiment_id = tracking.get_or_create_experiment(client, "align-motifs-p", uri)
         parent = tracking.start_study_run(client, experiment_id, "align-motifs-p", "l", {"n": 1})

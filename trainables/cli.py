@@ -10,6 +10,7 @@ import argparse
 
 RUN_EXIT_CODES = """exit status:
   0    every trial finished (also: --resume of a launch that had already finished)
+  1    Ray failed the driver (one line says why); --resume continues the launch
   2    bad input, refused before anything ran or was written (one "error:" line)
   3    the launch ended but trials failed ("N of M trials failed: ..." names their runs;
        each FAILED run carries the reason as tag sgstudy.failure and traceback.txt)
@@ -98,6 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"report: sgstudy report {outcome.study} --tracking-uri {outcome.tracking_uri}")
     if outcome.failed_runs:
         print(failure_summary(outcome), file=sys.stderr)
+    if outcome.driver_error:
+        print(f"the launch stopped: {outcome.driver_error}", file=sys.stderr)
     return exit_status(outcome)
 
 

@@ -55,17 +55,22 @@ class StudyOutcome:
     complete: bool  # every trial finished: none failed, none left over by an interrupt
     interrupted: bool = False  # stopped before every trial ended: --resume continues it
     failed_runs: tuple[str, ...] = ()  # "<run name> (run <id>): <reason>" of each failed trial
+    driver_error: str = ""  # why the driver itself stopped (a Ray failure), with the hint
 
 
 # `sgstudy run` exit statuses besides 0 (every trial finished) and 2 (bad input).
+EXIT_DRIVER_FAILED = 1
 EXIT_TRIALS_FAILED = 3
 EXIT_INTERRUPTED = 130
 
 
 def exit_status(outcome: StudyOutcome) -> int:
-    """0 when every trial finished; 130 after an interrupt; 3 when trials failed."""
+    """0 when every trial finished; 1 when Ray failed the driver; 3 when trials failed;
+    130 after an interrupt."""
     if outcome.complete:
         return 0
+    if outcome.driver_error:
+        return EXIT_DRIVER_FAILED
     return EXIT_INTERRUPTED if outcome.interrupted else EXIT_TRIALS_FAILED
 
 
@@ -217,18 +222,42 @@ def run_planned(plan: StudyPlan) -> StudyOutcome:
         f"MLflow {plan.tracking_uri} (experiment {experiment_id}, parent run {parent_run_id})",
         flush=True,
     )
-    from trainables.run_states import settle_runs
-
     try:
         results = tuner.fit()
-    except BaseException as exc:
-        # Nothing more will end the trials' runs: they stop with the launch.
-        settle_runs(study_run, {})
-        tracking.end_run(client, parent_run_id, tracking.status_for(exc))
-        if isinstance(exc, KeyboardInterrupt):
-            print(resume_hint(plan), flush=True)
+    except KeyboardInterrupt:
+        stop_launch(study_run, tracking.KILLED, "interrupted")
+        print(resume_hint(plan), flush=True)
         raise
+    except Exception as exc:  # Ray itself failed (e.g. its memory monitor killed a worker
+        # in a way Tune does not handle): the trials' state is in checkpoints, --resume goes on.
+        reason = f"{type(exc).__name__}: {tracking.one_line(str(exc))}"
+        stop_launch(study_run, tracking.FAILED, f"the driver stopped: {reason}")
+        return StudyOutcome(
+            study=plan.spec.name,
+            launch=plan.launch,
+            experiment_path=plan.experiment_path,
+            tracking_uri=plan.tracking_uri,
+            experiment_id=experiment_id,
+            parent_run_id=parent_run_id,
+            rows=(),
+            table="",
+            complete=False,
+            interrupted=True,
+            driver_error=f"{reason}; {resume_hint(plan).split(': ', 1)[1]}",
+        )
     return finish_launch(plan, study_run, results)
+
+
+def stop_launch(study_run: Any, status: str, outcome: str) -> None:
+    """A launch that ends without Tune's results: nothing more will end the trials' runs,
+    so they end KILLED (--resume continues them) and the parent says why."""
+    from sgstudy import tracking
+    from trainables.run_states import settle_runs
+
+    settle_runs(study_run, {})
+    client = tracking.make_client(study_run.tracking_uri)
+    client.set_tag(study_run.parent_run_id, tracking.OUTCOME_TAG, outcome)
+    tracking.end_run(client, study_run.parent_run_id, status)
 
 
 def finish_launch(plan: StudyPlan, study_run: Any, results: Any) -> StudyOutcome:
