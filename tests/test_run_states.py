@@ -9,7 +9,6 @@ settings than its launch). The end-to-end versions are in tests/test_study_fault
 from __future__ import annotations
 
 import hashlib
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -125,29 +124,38 @@ def plan(tmp_path, synthetic_root_factory):
 
 
 def test_a_trial_failed_in_optuna_that_finishes_on_resume_completes_there(plan):
-    """Trial a used up its retries (Optuna: FAIL); --resume runs it again and it finishes.
-    Optuna's last record of that grid point is then COMPLETE with the run's value, as MLflow
-    says FINISHED (it used to stay FAIL forever)."""
+    """Trial a used up its retries (Optuna: FAIL); --resume runs it again and it finishes,
+    but Tune's concurrency limiter does not pass that result to the searcher. The driver's
+    reconciliation then gives Optuna a COMPLETE record of it with the run's value (it used
+    to stay FAIL while MLflow said FINISHED), once, however often it runs."""
     import optuna
 
+    from trainables.run_states import reconcile_optuna
     from trainables.searcher import RETRY_OF_ATTR, TUNE_TRIAL_ATTR
     from trainables.study import build_searcher
 
     searcher = build_searcher(plan)
     config = searcher.suggest("trial-a")
-    saved = pickle.dumps(searcher)  # Tune's saved searcher, restored by --resume
+    searcher.suggest("trial-b")
     searcher.on_trial_complete("trial-a", error=True)
-    resumed = pickle.loads(saved)
-    resumed.on_trial_result("trial-a", {PRIMARY_METRIC: 0.25, "training_iteration": 1})
-    resumed.on_trial_complete("trial-a", {PRIMARY_METRIC: 0.25, "training_iteration": 2})
+    searcher.on_trial_complete("trial-b", {PRIMARY_METRIC: 0.5, "training_iteration": 2})
 
-    storage = plan.optuna_url
-    (name,) = optuna.get_all_study_names(storage)
-    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
-    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
-    assert trials[1].params == trials[0].params == {"variant": config["variant"], "seed": 0}
-    assert trials[1].value == 0.25 and trials[1].user_attrs[RETRY_OF_ATTR] == trials[0].number
-    assert trials[0].user_attrs[TUNE_TRIAL_ATTR] == "trial-a"
+    class Finished:  # the two fields of a Tune ``Result`` that reconciliation reads
+        def __init__(self, trial_id: str, value: float) -> None:
+            self.metrics = {"trial_id": trial_id, PRIMARY_METRIC: value}
+            self.error = None
+
+    results = [Finished("trial-a", 0.25), Finished("trial-b", 0.5)]
+    assert reconcile_optuna(plan.optuna_url, plan.launch, results, PRIMARY_METRIC) == 1
+    assert reconcile_optuna(plan.optuna_url, plan.launch, results, PRIMARY_METRIC) == 0
+
+    (name,) = optuna.get_all_study_names(plan.optuna_url)
+    trials = optuna.load_study(study_name=name, storage=plan.optuna_url).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    failed, other, completed = trials
+    assert completed.params == failed.params == {"variant": config["variant"], "seed": 0}
+    assert completed.value == 0.25 and completed.user_attrs[RETRY_OF_ATTR] == failed.number
+    assert completed.user_attrs[TUNE_TRIAL_ATTR] == "trial-a" and other.value == 0.5
 
 
 # ---------------------------------------------------------------- a new store, four launches

@@ -127,11 +127,12 @@ def test_a_killed_worker_without_retries_fails_its_run_and_resume_mends_every_st
 
 
 @pytest.mark.slow
-def test_chaos_at_ci_size_finishes_every_trial_once(tmp_path, synthetic_root_factory):
+def test_chaos_at_ci_size_finishes_every_trial_once(tmp_path, synthetic_root_factory, monkeypatch):
     """4 trials, 3 epochs; a trial worker killed every 10 s (at most 3 kills), the driver
     killed once a trial has finished, then --resume: 4/4 finished, 4 runs, no missing or
     duplicate metric step, Optuna and MLflow agree."""
     data = synthetic_root_factory(*DATASET)
+    monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "0")  # only this test's kills
     started = time.monotonic()
     launch, audit, wall = chaos.run_chaos(
         data, tmp_path, "0", 3, "0.1,0.2,0.4", kill_every=10.0, max_failures=10, max_kills=3

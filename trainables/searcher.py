@@ -29,10 +29,9 @@ class ResumableOptunaSearch(OptunaSearch):
     Optuna refuses to update a finished trial, and ``OptunaSearch`` would let that error end
     the whole resumed launch.
 
-    A trial that used up its retries is FAIL in Optuna; ``--resume`` runs it again, and when
-    it then finishes its result is recorded as a COMPLETE trial with the same parameters
-    (marked ``RETRY_OF_ATTR``), so that Optuna's last word on every grid point agrees with
-    the FINISHED run in MLflow.
+    Each Optuna trial records the Tune trial it stands for (``TUNE_TRIAL_ATTR``), which is
+    how ``trainables.run_states.reconcile_optuna`` finds a trial that failed in one driver
+    and finished on ``--resume`` (Tune's concurrency limiter no longer passes that result on).
     """
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
@@ -49,19 +48,9 @@ class ResumableOptunaSearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
-        record = self._finished_in_optuna(trial_id)
-        if record is None:
+        if self._finished_in_optuna(trial_id) is None:
             super().on_trial_complete(trial_id, result, error)
             return
-        if record.state == TrialState.FAIL and not error and result and self._metric in result:
-            self._ot_study.add_trial(
-                optuna.trial.create_trial(
-                    params=record.params,
-                    distributions=record.distributions,
-                    value=float(result[self._metric]),
-                    user_attrs={**record.user_attrs, RETRY_OF_ATTR: record.number},
-                )
-            )
         self._completed_trials.add(trial_id)  # what the parent does after telling Optuna
 
     def _finished_in_optuna(self, trial_id: str) -> optuna.trial.FrozenTrial | None:

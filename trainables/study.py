@@ -263,9 +263,10 @@ def stop_launch(study_run: Any, status: str, outcome: str) -> None:
 def finish_launch(plan: StudyPlan, study_run: Any, results: Any) -> StudyOutcome:
     """Ends the runs the launch left open, records its outcome on the parent, prints the table."""
     from sgstudy import tracking
-    from trainables.run_states import settle_runs
+    from trainables.run_states import reconcile_optuna, settle_runs
 
     rows = result_rows(plan, results)
+    reconcile_optuna(plan.optuna_url, plan.launch, results, PRIMARY_METRIC)
     errored = {
         str(result.metrics.get("trial_id") or ""): error_of(result)
         for result in results
