@@ -223,7 +223,8 @@ def audit(workdir: Path, trials: int, epochs: int) -> Audit:
     for run in children:
         for key in (TOTAL_LOSS, PRIMARY_METRIC):
             steps = Counter(m.step for m in client.get_metric_history(run.info.run_id, key))
-            missing += sum(1 for epoch in range(1, epochs + 1) if epoch not in steps)
+            if run.info.status == "FINISHED":  # a FAILED run stops short by definition
+                missing += sum(1 for epoch in range(1, epochs + 1) if epoch not in steps)
             duplicate += sum(count - 1 for count in steps.values())
     return Audit(
         trials=trials,
@@ -328,7 +329,7 @@ def report(launch: Launch, result: Audit, wall: float, baseline: float | None) -
         f"{'MLflow trial runs':34s} {result.runs}  (runs per trial: "
         + ", ".join(f"{n} run{'s' if n > 1 else ''} x {k}" for n, k in counts)
         + ")",
-        f"{'missing metric steps':34s} {result.missing_steps}",
+        f"{'missing metric steps (FINISHED)':34s} {result.missing_steps}",
         f"{'duplicate metric steps':34s} {result.duplicate_steps}",
         f"{'Optuna/MLflow disagreements':34s} {len(result.disagreements)}",
         f"{'driver exit codes':34s} {launch.exit_codes}",

@@ -182,8 +182,10 @@ def connect_ray(address: str | None) -> bool:
     address = address or "local"
     try:
         ray.init(address=address, log_to_driver=True)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"cannot start or join the Ray cluster at {address}: {exc}") from exc
+    except Exception as exc:  # Ray raises a bare Exception when its node times out starting
+        raise UserError(
+            f"cannot start or join the Ray cluster at {address}: {str(exc).splitlines()[0]}"
+        ) from exc
     return True
 
 
