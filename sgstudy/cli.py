@@ -53,9 +53,14 @@ def format_recall_table(metrics: dict[str, float], title: str = "") -> str:
 # ---------------------------------------------------------------- data
 def cmd_data_synth(args: argparse.Namespace) -> None:
     from sgstudy.data.synthetic import generate_synthetic_dataset
+    from sgstudy.paths import check_writable_folder
 
     out = generate_synthetic_dataset(
-        Path(args.out), args.num_images, args.image_size, args.seed, progress=True
+        check_writable_folder(Path(args.out), "--out"),
+        args.num_images,
+        args.image_size,
+        args.seed,
+        progress=True,
     )
     print(f"synthetic dataset written to {out}")
 
@@ -209,6 +214,7 @@ def run_config_from_args(args: argparse.Namespace) -> object:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from sgstudy.engine import unwrap
+    from sgstudy.paths import check_writable_folder
     from sgstudy.training import (
         CHECKPOINT_NAME,
         CONFIG_NAME,
@@ -219,7 +225,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
     config = run_config_from_args(args)
-    out = Path(args.out)
+    out = check_writable_folder(Path(args.out), "--out")
     checkpoint = out / CHECKPOINT_NAME
     resume = checkpoint if args.resume and checkpoint.is_file() else None
     session = TrainingSession.start(config, resume, progress=not args.quiet)
@@ -496,14 +502,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.handler(args)
+        status = args.handler(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

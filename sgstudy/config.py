@@ -9,7 +9,6 @@ dataclasses, never the dict.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +45,12 @@ FAMILY_OPTIM_DEFAULTS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+# Above this λ the weighted loss is no longer finite-and-meaningful in float32: L_sgg (about 1)
+# falls below the rounding step of λ·L_align (float32 keeps 24 bits), and near 1e38 the sum
+# overflows to inf, failing every step.
+MAX_ALIGN_WEIGHT = 1e6
+
+
 @dataclass(frozen=True)
 class AlignConfig:
     """Self-supervised relation alignment (SPEC §4). ``enabled=False`` is the plain model.
@@ -79,8 +84,10 @@ class AlignConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ConfigError(f"mask_ratio (p) must be in [0, 1), got {self.mask_ratio}")
-        if not (self.weight >= 0.0 and math.isfinite(self.weight)):
-            raise ConfigError(f"align_weight (λ) must be a finite number >= 0, got {self.weight}")
+        if not 0.0 <= self.weight <= MAX_ALIGN_WEIGHT:
+            raise ConfigError(
+                f"align_weight (λ) must be in [0, {MAX_ALIGN_WEIGHT:g}], got {self.weight}"
+            )
         _check_choice("masked_input", self.masked_input, MASKED_INPUTS)
         _check_choice("align_target", self.target, ALIGN_TARGETS)
         _check_choice("align_mask_unit", self.mask_unit, MASK_UNITS)
@@ -173,6 +180,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.num_val_images is not None and self.num_val_images < 0:
+            raise ConfigError(f"num_val_images must be >= 0, got {self.num_val_images}")
 
 
 @dataclass(frozen=True)

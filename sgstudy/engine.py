@@ -10,6 +10,7 @@ returns one ``SceneGraphPrediction`` per image.
 
 from __future__ import annotations
 
+import pickle
 import random
 from collections.abc import Iterable
 from pathlib import Path
@@ -202,9 +203,18 @@ def evaluate(
 
 
 def rng_state() -> dict[str, Any]:
+    """Every generator's state as tensors and plain numbers, loadable with ``weights_only=True``."""
+    version, python_keys, gauss = random.getstate()
+    kind, numpy_keys, position, has_gauss, cached = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "keys": torch.tensor(python_keys), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(numpy_keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -213,8 +223,17 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python, numpy = state["python"], state["numpy"]
+    random.setstate((python["version"], tuple(python["keys"].tolist()), python["gauss"]))
+    np.random.set_state(
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["position"],
+            numpy["has_gauss"],
+            numpy["cached"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -252,8 +271,18 @@ def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dic
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        # Checkpoints hold RNG states (numpy arrays, tuples), so full unpickling is needed;
-        # only load checkpoints you wrote yourself.
-        return torch.load(path, map_location=map_location, weights_only=False)
+        # Tensors and plain containers only: a checkpoint from shared storage cannot run code.
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(
+            f"checkpoint {path} holds objects other than tensors and plain values; "
+            "refusing to load it (it could run code)"
+        ) from exc
     except Exception as exc:  # torch raises several types for a damaged zip/pickle
-        raise UserError(f"checkpoint {path} could not be read: {exc}") from exc
+        raise UserError(f"checkpoint {path} could not be read: {first_line(exc)}") from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (torch's messages run to paragraphs)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

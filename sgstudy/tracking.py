@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 from sgstudy import tracking_ui
 from sgstudy.errors import UserError
+from sgstudy.paths import check_writable_folder, file_lock
 from sgstudy.tracking_layout import (
     NODE_ID_TAG,
     PARENT_TAG,
@@ -44,11 +45,18 @@ GPU_IDS_TAG = "sgstudy.gpu_ids"
 # How many processes trained the trial (torch.distributed's world size; 1 without DDP).
 WORLD_SIZE_TAG = "sgstudy.world_size"
 RESUMED_FROM_TAG = "sgstudy.resumed_from_epoch"
+# Why a trial's run ended FAILED (one line), with the traceback as FAILURE_ARTIFACT; and what
+# happened to a launch, on its parent run ("12 of 12 trials finished", "2 of 4 trials failed").
+FAILURE_TAG = "sgstudy.failure"
+FAILURE_ARTIFACT = "traceback.txt"
+OUTCOME_TAG = "sgstudy.outcome"
+# MLflow's limit on a tag value is 8,000 characters; a reason line needs far fewer.
+MAX_REASON_LENGTH = 1000
 
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 # MLflow's limit on a param value (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH).
 MAX_PARAM_LENGTH = 6000
-SERVER_TIMEOUT_S = 3.0
+SERVER_TIMEOUT_S = 15.0  # a busy server answers its first API call slowly
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,7 @@ def resolve_tracking_uri(uri: str | None, timeout_s: float = SERVER_TIMEOUT_S) -
         path = sqlite_path(uri)
         if not path.parent.is_dir():
             raise UserError(f"tracking URI {uri}: folder {path.parent} does not exist")
+        check_writable_folder(path.parent, f"tracking URI {uri}: folder")
         return f"sqlite:///{path}"
     if scheme in ("", "file"):
         raise UserError(
@@ -96,21 +105,80 @@ def sqlite_path(uri: str) -> Path:
 
 
 def check_server_reachable(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
-    """Raises ``UserError`` unless something answers HTTP at ``uri`` within ``timeout_s``."""
+    """Raises ``UserError`` unless the MLflow REST API at ``uri`` answers a real request.
+
+    ``/health`` is not enough: a server started without ``--allowed-hosts`` for the address
+    it is reached by answers ``/health`` but refuses every API call (403, "Invalid Host
+    header"). The check lists one experiment, which writes nothing.
+    """
+    request = urllib.request.Request(f"{uri.rstrip('/')}{PROBE_ENDPOINT}")
+    for key, value in auth_headers().items():
+        request.add_header(key, value)
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+        with urllib.request.urlopen(request, timeout=timeout_s):
             return
-    except urllib.error.HTTPError:
-        return  # it answered; a proxy in front may just not route /health
+    except urllib.error.HTTPError as exc:
+        body = exc.read(300).decode(errors="replace")
+        raise UserError(
+            f"tracking server {uri} refused an API call (HTTP {exc.code}: "
+            f"{one_line(body) if body.strip() else exc.reason}); "
+            + SERVER_HINTS.get(exc.code, "is it an MLflow server?")
+        ) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UserError(f"tracking server {uri} is unreachable ({reason})") from exc
 
 
+# A read-only REST call every MLflow server serves, and what its refusals usually mean.
+PROBE_ENDPOINT = "/api/2.0/mlflow/experiments/search?max_results=1"
+SERVER_HINTS = {
+    401: "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)",
+    403: "start the server with --allowed-hosts naming the address you reach it by "
+    "(see docs/cluster.md)",
+}
+
+
+def auth_headers() -> dict[str, str]:
+    """The Authorization header MLflow's client would send, from its environment variables."""
+    import base64
+
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+    return {}
+
+
 def make_client(tracking_uri: str) -> Any:
+    """An ``MlflowClient``; a SQLite store gets its schema created (or upgraded) under a file
+    lock first, since two processes migrating one new database at once make one of them fail
+    (alembic's ``CommandError``)."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    if not tracking_uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=tracking_uri)
+    path = sqlite_path(tracking_uri)
+    with file_lock(path.with_name(path.name + ".lock")):
+        client = MlflowClient(tracking_uri=tracking_uri)
+        client.search_experiments(max_results=1)  # the store is built by its first use
+    return client
+
+
+def recorded_launch(tracking_uri: str, study: str, launch: str) -> Any:
+    """The parent run of ``launch`` of ``study`` (``None`` if the store has none); creates
+    nothing, not even the store."""
+    if tracking_uri.startswith("sqlite:///") and not sqlite_path(tracking_uri).is_file():
+        return None
+    client = make_client(tracking_uri)
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        return None
+    run_id = find_study_run(client, experiment.experiment_id, launch)
+    return client.get_run(run_id) if run_id else None
 
 
 def git_commit(path: Path | None = None) -> str:
@@ -198,6 +266,14 @@ def find_trial_run(client: Any, study_run: StudyRun, trial_id: str) -> str | Non
     return runs[0].info.run_id if runs else None
 
 
+def trial_runs(client: Any, study_run: StudyRun, status: str | None = None) -> list[Any]:
+    """The child runs of the launch's parent run (only those in ``status``, if given)."""
+    query = f"tags.`{PARENT_TAG}` = '{study_run.parent_run_id}'"
+    if status is not None:
+        query += f" and attributes.status = '{status}'"
+    return client.search_runs([study_run.experiment_id], filter_string=query, max_results=5000)
+
+
 def start_trial_run(
     client: Any,
     study_run: StudyRun,
@@ -228,6 +304,9 @@ def start_trial_run(
         run_id = run.info.run_id
     else:
         client.update_run(run_id, status=RUNNING)
+        # An earlier attempt's failure no longer describes a run that runs again.
+        if FAILURE_TAG in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, FAILURE_TAG)
     for key, value in (tags or {}).items():
         client.set_tag(run_id, key, str(value))
     return run_id, resumed
@@ -255,10 +334,26 @@ def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
         client.log_batch(run_id, params=fresh[start : start + 100])
 
 
-def log_epoch(client: Any, run_id: str, epoch: int, values: dict[str, float]) -> None:
-    """Every value as a metric at ``step = epoch`` (1-based)."""
+def log_epoch(
+    client: Any,
+    run_id: str,
+    epoch: int,
+    values: dict[str, float],
+    logged: set[int] | None = None,
+) -> None:
+    """Every value as a metric at ``step = epoch`` (1-based), unless the run has that step.
+
+    ``logged`` holds the steps the run already has (``None``: ask MLflow) and gains ``epoch``:
+    an epoch trained again after a kill that came between logging it and Tune recording its
+    checkpoint is not logged a second time.
+    """
     from mlflow.entities import Metric
 
+    if logged is None:
+        logged = logged_steps(client, run_id, next(iter(values)))
+    if epoch in logged:
+        return
+    logged.add(epoch)
     now = int(time.time() * 1000)
     metrics = [Metric(key, float(value), now, epoch) for key, value in values.items()]
     client.log_batch(run_id, metrics=metrics)
@@ -285,6 +380,19 @@ def end_run(client: Any, run_id: str, status: str) -> None:
     if status not in (FINISHED, FAILED, KILLED):
         raise ValueError(f"unknown end status {status!r}")
     client.set_terminated(run_id, status=status)
+
+
+def record_failure(client: Any, run_id: str, reason: str, traceback_text: str) -> None:
+    """Ends the run FAILED with ``reason`` (one line) as a tag and the traceback as artifact."""
+    client.set_tag(run_id, FAILURE_TAG, one_line(reason))
+    client.log_text(run_id, traceback_text, FAILURE_ARTIFACT)
+    end_run(client, run_id, FAILED)
+
+
+def one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    line = lines[0] if lines else "unknown error"
+    return line if len(line) <= MAX_REASON_LENGTH else line[: MAX_REASON_LENGTH - 3] + "..."
 
 
 def status_for(exc: BaseException | None) -> str:

@@ -140,11 +140,15 @@ def test_default_max_concurrent_is_what_the_cluster_holds(overrides, cluster, ex
 
 
 def test_given_max_concurrent_wins_over_the_cluster():
-    """--max-concurrent is used as given: below what fits, above it, even when nothing fits."""
+    """--max-concurrent is used as given: below what fits, above it, and on a joined cluster
+    even when nothing fits yet; a local Ray that can never hold a trial is refused anyway."""
     cluster = {"CPU": 16, "GPU": 8}
     assert resolve_max_concurrent(options(max_concurrent=3), cluster) == 3
     assert resolve_max_concurrent(options(max_concurrent=40), cluster) == 40
-    assert resolve_max_concurrent(options(max_concurrent=2, gpus_per_trial=1), {"CPU": 4}) == 2
+    joined = options(max_concurrent=2, gpus_per_trial=1, address="auto")
+    assert resolve_max_concurrent(joined, {"CPU": 4}) == 2
+    with pytest.raises(UserError, match="this machine's Ray has 4 CPUs and 0 GPUs"):
+        resolve_max_concurrent(options(max_concurrent=2, gpus_per_trial=1), {"CPU": 4})
 
 
 def test_a_trial_that_fits_no_local_ray_is_one_error_naming_both_sides():

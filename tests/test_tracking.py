@@ -62,8 +62,9 @@ def test_unreachable_server_is_refused_quickly():
         tracking.resolve_tracking_uri(uri, timeout_s=1.0)
 
 
-def test_a_server_that_answers_is_accepted():
-    # A listening socket that answers with an HTTP error still counts as reachable.
+def test_a_server_that_refuses_the_api_is_refused():
+    # Something answers HTTP, but not MLflow's API (here: 501 to every GET): one error line
+    # naming the code, where a bare /health probe used to let the launch go on and crash.
     import http.server
     import threading
 
@@ -71,8 +72,10 @@ def test_a_server_that_answers_is_accepted():
     thread = threading.Thread(target=server.handle_request, daemon=True)
     thread.start()
     try:
-        uri = f"http://127.0.0.1:{server.server_port}/"
-        assert tracking.resolve_tracking_uri(uri) == uri.rstrip("/")
+        uri = f"http://127.0.0.1:{server.server_port}"
+        with pytest.raises(UserError, match=f"tracking server {uri} refused an API call") as e:
+            tracking.resolve_tracking_uri(uri)
+        assert "HTTP 501" in str(e.value) and "\n" not in str(e.value)
     finally:
         thread.join(timeout=5)
         server.server_close()

@@ -8,6 +8,14 @@ from __future__ import annotations
 
 import argparse
 
+RUN_EXIT_CODES = """exit status:
+  0    every trial finished (also: --resume of a launch that had already finished)
+  1    Ray failed the driver (one line says why); --resume continues the launch
+  2    bad input, refused before anything ran or was written (one "error:" line)
+  3    the launch ended but trials failed ("N of M trials failed: ..." names their runs;
+       each FAILED run carries the reason as tag sgstudy.failure and traceback.txt)
+  130  interrupted (Ctrl-C): finish the launch with the same command and --resume"""
+
 
 def comma_ints(text: str) -> tuple[int, ...]:
     try:
@@ -25,6 +33,31 @@ def comma_floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated numbers, got {text!r}"
         ) from None
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 1..65535")
+    return port
+
+
+def check_port_free(host: str, port: int) -> None:
+    """``UserError`` if something already listens on ``host:port`` (the UI could not bind)."""
+    import socket
+
+    from sgstudy.errors import UserError
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(
+                f"cannot serve the MLflow UI on {host}:{port} ({exc.strerror}); pick --port"
+            ) from None
 
 
 def cmd_studies(args: argparse.Namespace) -> None:
@@ -89,22 +122,36 @@ def cmd_plan(args: argparse.Namespace) -> None:
             ray.shutdown()
 
 
-def cmd_run(args: argparse.Namespace) -> None:
+def cmd_run(args: argparse.Namespace) -> int:
+    import sys
+
     import ray
 
-    from trainables.study import run_study
+    from trainables.study import exit_status, failure_summary, run_study
 
     options = options_from_args(args)
     try:
-        print_plan(options, args)
+        # A resume's plan was printed by its launch; the resume checks its settings first.
+        if args.dry_run or not options.resume:
+            print_plan(options, args)
         if args.dry_run:
-            return
+            return 0
         outcome = run_study(options)
     finally:
         if ray.is_initialized():
             ray.shutdown()
     print(f"\nMLflow: {outcome.tracking_uri}, experiment {outcome.study}")
     print(f"report: sgstudy report {outcome.study} --tracking-uri {outcome.tracking_uri}")
+    if outcome.failed_runs:
+        print(failure_summary(outcome), file=sys.stderr)
+    if outcome.driver_error:
+        print(f"the launch stopped: {outcome.driver_error}", file=sys.stderr)
+    return exit_status(outcome)
+    if outcome.failed_runs:
+        print(failure_summary(outcome), file=sys.stderr)
+    if outcome.driver_error:
+        print(f"the launch stopped: {outcome.driver_error}", file=sys.stderr)
+    return exit_status(outcome)
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
@@ -118,6 +165,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///") and not sqlite_path(uri).is_file():
         raise UserError(f"no MLflow store at {sqlite_path(uri)}: run a study first")
+    check_port_free("127.0.0.1", args.port)
     base_url = f"http://127.0.0.1:{args.port}"
     pages = study_pages(make_client(uri), base_url, args.study)
     # One worker: a UI for one person; MLflow's default of 4 only competes with the trainings.
@@ -147,7 +195,13 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
 
 
 def add_run_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("run", help="run a study on Ray Tune, tracked in MLflow")
+    p = subparsers.add_parser(
+        "run",
+        help="run a study on Ray Tune, tracked in MLflow",
+        description="Run a study on Ray Tune, tracked in MLflow.",
+        epilog=RUN_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_launch_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     p.set_defaults(handler=cmd_run)
@@ -228,7 +282,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     ui = subparsers.add_parser("ui", help="open the MLflow UI on the study runs")
     ui.add_argument("study", nargs="?", help="print the URL of this study's runs (default: all)")
     ui.add_argument("--tracking-uri", help="default: sqlite:///./mlflow.db")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=port_number, default=5000)
     ui.set_defaults(handler=cmd_ui)
     dash = subparsers.add_parser(
         "dashboard", help="optuna-dashboard on a study's Optuna storage (optional extra)"

@@ -9,6 +9,7 @@ The resource helpers size a launch to the cluster once Ray is up.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from urllib.parse import urlparse
 from search_spaces.studies import StudySpec, check_seeds, get_study
 from sgstudy.config import PRESETS, RunConfig
 from sgstudy.errors import ConfigError, UserError
+from sgstudy.paths import check_plain_name, check_writable_folder
 from sgstudy.tasks import REFERRING_FORMAT, SCENE_GRAPH, TASKS, VG150_FORMAT
 from trainables.trial import FAIL_ONCE_KEY, TRIAL_KEYS
 
@@ -86,6 +88,7 @@ def plan_study(options: StudyOptions) -> StudyPlan:
     spec = get_study(options.study).with_values(options.values)
     seeds = check_seeds(options.seeds)
     check_resources(options)
+    check_fits_local_machine(options)
     if options.scheduler is not None:
         if options.scheduler not in SCHEDULERS:
             raise ConfigError(f"unknown scheduler {options.scheduler!r}; choose asha or none")
@@ -110,7 +113,7 @@ def plan_study(options: StudyOptions) -> StudyPlan:
             raise ConfigError(f"fail_once_at_epoch must be in [1, {epochs}]")
         param_space[FAIL_ONCE_KEY] = options.fail_once_at_epoch
     check_trial_configs(spec, seeds, param_space)
-    launch = options.name or spec.name
+    launch = check_plain_name(options.name or spec.name, "launch name")
     storage = storage_location(options.storage_path)
     experiment_path = f"{storage.rstrip('/')}/{launch}"
     check_launch_state(experiment_path, options.resume, launch)
@@ -153,6 +156,24 @@ def check_resources(options: StudyOptions) -> None:
         raise ConfigError(f"max_failures must be >= 0, got {options.max_failures}")
 
 
+def check_fits_local_machine(options: StudyOptions) -> None:
+    """A launch that starts its own Ray gets this machine: refuse a trial it cannot hold
+    before Ray starts (joined clusters are checked once connected, see ``check_fits``)."""
+    import ray
+
+    if options.address is not None or ray.is_initialized():
+        return
+    check_fits(options, local_resources(), options.address)
+
+
+def local_resources() -> dict[str, float]:
+    """The CPUs and GPUs a local Ray would find on this machine."""
+    import torch
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"CPU": float(cpus or 1), "GPU": float(torch.cuda.device_count())}
+
+
 def check_data(data_root: str, task: str = SCENE_GRAPH) -> str:
     """The dataset's absolute path (trials run in other directories), after ``data check``;
     its layout must be the one the study's ``task`` reads."""
@@ -160,6 +181,8 @@ def check_data(data_root: str, task: str = SCENE_GRAPH) -> str:
     from sgstudy.data.referring_format import is_referring_dataset
 
     root = Path(data_root).expanduser().absolute()
+    if root.is_file():
+        raise UserError(f"--data {root} is a file; give the dataset's folder")
     if not root.is_dir():
         raise UserError(f"dataset folder {root} does not exist")
     expected = TASKS[task].data_format
@@ -213,7 +236,7 @@ def storage_location(storage_path: str) -> str:
     """Absolute local path, or a URI (``s3://...``) as given."""
     if urlparse(storage_path).scheme and "://" in storage_path:
         return storage_path
-    return str(Path(storage_path).expanduser().absolute())
+    return str(check_writable_folder(Path(storage_path), "--storage-path"))
 
 
 def check_launch_state(experiment_path: str, resume: bool, launch: str) -> None:
@@ -240,10 +263,13 @@ def optuna_url(given: str | None, tracking_uri: str) -> str:
                 f"optuna storage {given!r} is not a database URL (sqlite:///, postgresql://)"
             )
         if scheme == "sqlite":
-            return f"sqlite:///{sqlite_path(given)}"
+            path = sqlite_path(given)
+            check_writable_folder(path.parent, "optuna storage folder")
+            return f"sqlite:///{path}"
         return given
     if tracking_uri.startswith("sqlite:///"):
         return f"sqlite:///{sqlite_path(tracking_uri).parent / OPTUNA_DB}"
+    check_writable_folder(Path.cwd(), "working folder (for optuna.db)")
     return f"sqlite:///{Path.cwd() / OPTUNA_DB}"
 
 
@@ -272,8 +298,16 @@ def default_max_concurrent(options: StudyOptions, cluster: dict[str, float]) -> 
 
 
 def resolve_max_concurrent(options: StudyOptions, cluster: dict[str, float]) -> int:
+    """``--max-concurrent``, else as many trials as the cluster holds; refuses a trial that a
+    fixed-size (local) Ray can never hold, whatever ``--max-concurrent`` says."""
+    fits = check_fits(options, cluster, options.address)
     if options.max_concurrent is not None:
         return options.max_concurrent
+    return max(fits, 1)
+
+
+def check_fits(options: StudyOptions, cluster: dict[str, float], address: str | None) -> int:
+    """How many trials ``cluster`` holds at once; ``UserError`` if none fits a local Ray."""
     fits = default_max_concurrent(options, cluster)
     if fits >= 1:
         return fits
@@ -282,7 +316,7 @@ def resolve_max_concurrent(options: StudyOptions, cluster: dict[str, float]) -> 
         f"{options.workers_per_trial * options.gpus_per_trial:g} GPUs"
     )
     has = f"{cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs"
-    if options.address is None:
+    if address is None:
         raise UserError(f"a trial needs {needs}, but this machine's Ray has {has}")
     print(f"a trial needs {needs}; the cluster has {has} now: running one at a time until it grows")
-    return 1
+    return 0

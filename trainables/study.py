@@ -17,7 +17,7 @@ from typing import Any
 from sgstudy.errors import UserError
 from sgstudy.metric_names import display_name
 from sgstudy.tasks import REFERRING, SCENE_GRAPH, TASKS
-from sgstudy.tracking_layout import COMPLEXITY_ARTIFACT
+from sgstudy.tracking_layout import COMPLEXITY_ARTIFACT, TRIAL_ID_TAG
 from trainables.plan import (
     StudyOptions,
     StudyPlan,
@@ -41,6 +41,7 @@ class TrialRow:
     epochs_done: int
     failed: bool
     metrics: dict[str, float] = field(default_factory=dict)
+    trial_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,42 @@ class StudyOutcome:
     rows: tuple[TrialRow, ...]
     table: str
     complete: bool  # every trial finished: none failed, none left over by an interrupt
+    interrupted: bool = False  # stopped before every trial ended: --resume continues it
+    failed_runs: tuple[str, ...] = ()  # "<run name> (run <id>): <reason>" of each failed trial
+    driver_error: str = ""  # why the driver itself stopped (a Ray failure), with the hint
+
+
+# `sgstudy run` exit statuses besides 0 (every trial finished) and 2 (bad input).
+EXIT_DRIVER_FAILED = 1
+EXIT_TRIALS_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+def exit_status(outcome: StudyOutcome) -> int:
+    """0 when every trial finished; 1 when Ray failed the driver; 3 when trials failed;
+    130 after an interrupt."""
+    if outcome.complete:
+        return 0
+    if outcome.driver_error:
+        return EXIT_DRIVER_FAILED
+    return EXIT_INTERRUPTED if outcome.interrupted else EXIT_TRIALS_FAILED
+
+
+def failure_summary(outcome: StudyOutcome) -> str:
+    """The one line that names the failed runs, e.g. ``2 of 4 trials failed: ...``."""
+    return (
+        f"{len(outcome.failed_runs)} of {len(outcome.rows)} trials failed: "
+        + "; ".join(outcome.failed_runs)
+    )
 
 
 def run_study(options: StudyOptions) -> StudyOutcome:
     """Runs (or, with ``options.resume``, finishes) one launch of a study; prints the table."""
     plan = plan_study(options)
+    if options.resume:
+        finished = check_resume(plan)
+        if finished is not None:
+            return finished
     started_ray = connect_ray(options.address)
     try:
         return run_planned(plan)
@@ -67,6 +99,79 @@ def run_study(options: StudyOptions) -> StudyOutcome:
             import ray
 
             ray.shutdown()
+
+
+# What a --resume must share with the launch it finishes (params of the parent run).
+RESUME_SETTINGS = (
+    "seeds", "variants", "num_trials", "preset", "epochs", "data_root", "scheduler",
+    "gpus_per_trial", "cpus_per_trial", "workers_per_trial", "storage_path", "optuna_storage",
+    "detector_checkpoint",
+)  # fmt: skip
+
+
+def check_resume(plan: StudyPlan) -> StudyOutcome | None:
+    """Before anything runs: refuses a --resume whose settings differ from the launch's
+    recorded ones; for a launch that already finished, prints its table and returns it."""
+    from sgstudy import tracking
+
+    parent = tracking.recorded_launch(plan.tracking_uri, plan.spec.name, plan.launch)
+    if parent is None:
+        return None
+    recorded = parent.data.params
+    wanted = launch_params(plan)
+    differ = [
+        f"{key} {recorded[key]} (now {wanted[key]})"
+        for key in RESUME_SETTINGS
+        if key in recorded and recorded[key] != str(wanted[key])[: tracking.MAX_PARAM_LENGTH]
+    ]
+    if differ:
+        raise UserError(
+            f"--resume of {plan.launch!r} differs from its launch in {', '.join(differ)}; "
+            "resume with the launch's settings, or start another with --name"
+        )
+    if parent.info.status != tracking.FINISHED:
+        return None
+    return finished_outcome(plan, parent)
+
+
+def finished_outcome(plan: StudyPlan, parent: Any) -> StudyOutcome:
+    """The table of a launch that finished, read from MLflow; nothing is written."""
+    from sgstudy import tracking
+
+    client = tracking.make_client(plan.tracking_uri)
+    study_run = tracking.StudyRun(
+        plan.tracking_uri, parent.info.experiment_id, parent.info.run_id, plan.spec.name
+    )
+    rows = []
+    for run in tracking.trial_runs(client, study_run):
+        variant = run.data.tags.get(tracking.VARIANT_TAG, "?")
+        metrics = run.data.metrics
+        rows.append(
+            TrialRow(
+                method=plan.spec.label(variant),
+                variant=variant,
+                seed=int(run.data.params.get("seed", -1)),
+                epochs_done=int(metrics.get(EPOCH_KEY, 0)),
+                failed=run.info.status == tracking.FAILED,
+                metrics={k: float(metrics[k]) for k in table_metrics(plan) if k in metrics},
+                trial_id=run.data.tags.get(TRIAL_ID_TAG, ""),
+            )
+        )
+    rows = sort_rows(plan, rows)
+    table = format_table(plan.spec.name, rows, plan.epochs, table_metrics(plan))
+    print(table)
+    print(f"launch {plan.launch!r} had already finished: nothing to resume, nothing changed")
+    return StudyOutcome(
+        study=plan.spec.name,
+        launch=plan.launch,
+        experiment_path=plan.experiment_path,
+        tracking_uri=plan.tracking_uri,
+        experiment_id=study_run.experiment_id,
+        parent_run_id=study_run.parent_run_id,
+        rows=tuple(rows),
+        table=table,
+        complete=True,
+    )
 
 
 def connect_ray(address: str | None) -> bool:
@@ -80,8 +185,10 @@ def connect_ray(address: str | None) -> bool:
     address = address or "local"
     try:
         ray.init(address=address, log_to_driver=True)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"cannot start or join the Ray cluster at {address}: {exc}") from exc
+    except Exception as exc:  # Ray raises a bare Exception when its node times out starting
+        raise UserError(
+            f"cannot start or join the Ray cluster at {address}: {str(exc).splitlines()[0]}"
+        ) from exc
     return True
 
 
@@ -89,6 +196,7 @@ def run_planned(plan: StudyPlan) -> StudyOutcome:
     import ray
 
     from sgstudy import tracking
+    from trainables.run_states import RunStateCallback
 
     options = plan.options
     max_concurrent = resolve_max_concurrent(options, ray.cluster_resources())
@@ -115,7 +223,7 @@ def run_planned(plan: StudyPlan) -> StudyOutcome:
         train_storage=f"{plan.experiment_path}-data-parallel",
         log_checkpoint=options.log_checkpoints,
     )
-    tuner = build_tuner(plan, settings, max_concurrent)
+    tuner = build_tuner(plan, settings, max_concurrent, [RunStateCallback(study_run)])
     print(
         f"study {plan.spec.name}: {plan.num_samples} trials, up to {max_concurrent} at once; "
         f"MLflow {plan.tracking_uri} (experiment {experiment_id}, parent run {parent_run_id})",
@@ -123,30 +231,88 @@ def run_planned(plan: StudyPlan) -> StudyOutcome:
     )
     try:
         results = tuner.fit()
-    except BaseException as exc:
-        tracking.end_run(client, parent_run_id, tracking.status_for(exc))
+    except KeyboardInterrupt:
+        stop_launch(study_run, tracking.KILLED, "interrupted")
+        print(resume_hint(plan), flush=True)
         raise
+    except Exception as exc:  # Ray itself failed (e.g. its memory monitor killed a worker
+        # in a way Tune does not handle): the trials' state is in checkpoints, --resume goes on.
+        reason = f"{type(exc).__name__}: {tracking.one_line(str(exc))}"
+        stop_launch(study_run, tracking.FAILED, f"the driver stopped: {reason}")
+        return StudyOutcome(
+            study=plan.spec.name,
+            launch=plan.launch,
+            experiment_path=plan.experiment_path,
+            tracking_uri=plan.tracking_uri,
+            experiment_id=experiment_id,
+            parent_run_id=parent_run_id,
+            rows=(),
+            table="",
+            complete=False,
+            interrupted=True,
+            driver_error=f"{reason}; {resume_hint(plan).split(': ', 1)[1]}",
+        )
+    return finish_launch(plan, study_run, results)
+
+
+def stop_launch(study_run: Any, status: str, outcome: str) -> None:
+    """A launch that ends without Tune's results: nothing more will end the trials' runs,
+    so they end KILLED (--resume continues them) and the parent says why."""
+    from sgstudy import tracking
+    from trainables.run_states import settle_runs
+
+    settle_runs(study_run, {})
+    client = tracking.make_client(study_run.tracking_uri)
+    client.set_tag(study_run.parent_run_id, tracking.OUTCOME_TAG, outcome)
+    tracking.end_run(client, study_run.parent_run_id, status)
+
+
+def finish_launch(plan: StudyPlan, study_run: Any, results: Any) -> StudyOutcome:
+    """Ends the runs the launch left open, records its outcome on the parent, prints the table."""
+    from sgstudy import tracking
+    from trainables.run_states import reconcile_optuna, settle_runs
+
     rows = result_rows(plan, results)
+    reconcile_optuna(
+        plan.optuna_url, plan.launch, results, TASKS[plan.spec.task].primary_metric
+    )
+    errored = {
+        str(result.metrics.get("trial_id") or ""): error_of(result)
+        for result in results
+        if result.error is not None
+    }
+    settle_runs(study_run, errored)
+    client = tracking.make_client(study_run.tracking_uri)
+    failed_runs = describe_failed(client, study_run, errored)
     complete = results.num_terminated == plan.num_samples and results.num_errors == 0
     interrupted = results.num_terminated + results.num_errors < plan.num_samples
-    status = (
-        tracking.KILLED if interrupted else (tracking.FINISHED if complete else tracking.FAILED)
-    )
-    tracking.end_run(client, parent_run_id, status)
+    if interrupted:
+        status, outcome = tracking.KILLED, f"interrupted: {results.num_terminated} of "
+        outcome += f"{plan.num_samples} trials finished"
+    elif complete:
+        status, outcome = tracking.FINISHED, f"{plan.num_samples} of {plan.num_samples} "
+        outcome += "trials finished"
+    else:
+        status = tracking.FAILED
+        outcome = f"{len(errored)} of {plan.num_samples} trials failed"
+    client.set_tag(study_run.parent_run_id, tracking.OUTCOME_TAG, outcome)
+    tracking.end_run(client, study_run.parent_run_id, status)
     table = format_table(plan.spec.name, rows, plan.epochs, table_metrics(plan))
     print(table)
     if interrupted:
-        print(f"interrupted: finish this launch with the same command and --resume ({plan.launch})")
+        print(resume_hint(plan))
     return StudyOutcome(
         study=plan.spec.name,
         launch=plan.launch,
         experiment_path=plan.experiment_path,
         tracking_uri=plan.tracking_uri,
-        experiment_id=experiment_id,
-        parent_run_id=parent_run_id,
+        experiment_id=study_run.experiment_id,
+        parent_run_id=study_run.parent_run_id,
         rows=tuple(rows),
         table=table,
         complete=complete,
+        interrupted=interrupted,
+        failed_runs=failed_runs,
     )
 
 
@@ -160,6 +326,39 @@ def log_complexity(client: Any, run_id: str, preset: str) -> None:
         for name in dict.fromkeys(("paper", preset))
     )
     client.log_text(run_id, text + "\n", COMPLEXITY_ARTIFACT)
+
+
+def resume_hint(plan: StudyPlan) -> str:
+    return f"interrupted: finish this launch with the same command and --resume ({plan.launch})"
+
+
+def error_of(result: Any) -> tuple[str, str]:
+    """``(one-line reason, traceback)`` of a Tune result that ended in an error."""
+    from pathlib import Path
+
+    from sgstudy import tracking
+
+    cause = getattr(result.error, "cause", None) or result.error
+    error_file = Path(result.path) / "error.txt" if result.path else None
+    text = error_file.read_text(errors="replace") if error_file and error_file.is_file() else ""
+    return f"{type(cause).__name__}: {tracking.one_line(str(cause))}", text or repr(cause)
+
+
+def describe_failed(
+    client: Any, study_run: Any, errored: dict[str, tuple[str, str]]
+) -> tuple[str, ...]:
+    """``<run name> (run <id>): <reason>`` of each failed trial, as MLflow names its run."""
+    from sgstudy import tracking
+
+    runs = {
+        run.data.tags.get(TRIAL_ID_TAG): run for run in tracking.trial_runs(client, study_run)
+    }
+    described = []
+    for trial_id, (reason, _) in sorted(errored.items()):
+        run = runs.get(trial_id)
+        name = f"{run.info.run_name} (run {run.info.run_id})" if run else f"trial {trial_id}"
+        described.append(f"{name}: {reason}")
+    return tuple(described)
 
 
 def launch_params(plan: StudyPlan) -> dict[str, Any]:
@@ -183,7 +382,9 @@ def launch_params(plan: StudyPlan) -> dict[str, Any]:
     }
 
 
-def build_tuner(plan: StudyPlan, settings: TrialSettings, max_concurrent: int) -> Any:
+def build_tuner(
+    plan: StudyPlan, settings: TrialSettings, max_concurrent: int, callbacks: list[Any]
+) -> Any:
     from ray import tune
 
     # Tune saves the launch's state (its trials, the searcher) every 10 s or more by default.
@@ -197,6 +398,7 @@ def build_tuner(plan: StudyPlan, settings: TrialSettings, max_concurrent: int) -
         tune.with_parameters(train_scene_graph, settings=settings), trial_resources(plan.options)
     )
     if plan.options.resume:
+        # The launch's RunConfig, callbacks included, is restored with the Tuner.
         return tune.Tuner.restore(plan.experiment_path, trainable=trainable, resume_errored=True)
     return tune.Tuner(
         trainable,
@@ -214,8 +416,8 @@ def build_tuner(plan: StudyPlan, settings: TrialSettings, max_concurrent: int) -
             # Keeping one checkpoint makes Tune save the study's state after every trial
             # checkpoint, so a killed driver loses no finished epoch.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[*callbacks, progress_callback(plan)],
             verbose=plan.options.verbose,
-            callbacks=[progress_callback(plan)],
         ),
     )
 
@@ -227,9 +429,22 @@ def progress_callback(plan: StudyPlan) -> Any:
     return TrialProgress(plan.num_samples)
 
 
-def build_searcher(plan: StudyPlan) -> Any:
+def open_optuna_storage(url: str) -> Any:
+    """Optuna's RDB storage; a SQLite one is created under a file lock, like MLflow's store,
+    so launches starting together do not build one schema twice at once."""
     import optuna
 
+    from sgstudy.paths import file_lock
+    from sgstudy.tracking import sqlite_path
+
+    if not url.startswith("sqlite:///"):
+        return optuna.storages.RDBStorage(url)
+    path = sqlite_path(url)
+    with file_lock(path.with_name(path.name + ".lock")):
+        return optuna.storages.RDBStorage(url)
+
+
+def build_searcher(plan: StudyPlan) -> Any:
     from trainables.searcher import ResumableOptunaSearch
 
     return ResumableOptunaSearch(
@@ -239,7 +454,7 @@ def build_searcher(plan: StudyPlan) -> Any:
         sampler=plan.spec.sampler(plan.seeds),
         # One Optuna study per launch: a grid sampler would skip points an older launch ran.
         study_name=f"{plan.launch}-{time.strftime('%Y%m%d-%H%M%S')}",
-        storage=optuna.storages.RDBStorage(plan.optuna_url),
+        storage=open_optuna_storage(plan.optuna_url),
     )
 
 
@@ -263,7 +478,6 @@ def table_metrics(plan: StudyPlan) -> tuple[str, ...]:
 
 
 def result_rows(plan: StudyPlan, results: Any) -> list[TrialRow]:
-    order = list(plan.spec.grid) if plan.spec.grid else []
     keys = table_metrics(plan)
     rows = []
     for result in results:
@@ -277,11 +491,16 @@ def result_rows(plan: StudyPlan, results: Any) -> list[TrialRow]:
                 epochs_done=int(metrics.get(EPOCH_KEY, 0)),
                 failed=result.error is not None,
                 metrics={k: float(metrics[k]) for k in keys if k in metrics},
+                trial_id=str(metrics.get("trial_id") or ""),
             )
         )
-    rank = {variant: i for i, variant in enumerate(order)}
-    rows.sort(key=lambda r: (rank.get(r.variant, len(rank)), r.variant, r.seed))
-    return rows
+    return sort_rows(plan, rows)
+
+
+def sort_rows(plan: StudyPlan, rows: list[TrialRow]) -> list[TrialRow]:
+    """Grid order (the study's variants as declared), then seed."""
+    rank = {variant: i for i, variant in enumerate(plan.spec.grid or ())}
+    return sorted(rows, key=lambda r: (rank.get(r.variant, len(rank)), r.variant, r.seed))
 
 
 def format_table(

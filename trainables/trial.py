@@ -198,15 +198,20 @@ class TrialTracker:
         self, client: Any, run_id: str, settings: TrialSettings,
         artifact: str = PER_PREDICATE_ARTIFACT,
     ) -> None:  # fmt: skip
+        from sgstudy import tracking
+
         self.client = client
         self.run_id = run_id
         self.settings = settings
         self.artifact = artifact
+        # The epochs the run holds already: each is logged once, whatever is trained again.
+        self.logged = tracking.logged_steps(client, run_id, TOTAL_LOSS)
 
     def log_epoch(self, values: dict[str, float], per_predicate: dict[str, Any]) -> None:
         from sgstudy import tracking
 
-        tracking.log_epoch(self.client, self.run_id, int(values[EPOCH_KEY]), values)
+        epoch = int(values[EPOCH_KEY])
+        tracking.log_epoch(self.client, self.run_id, epoch, values, self.logged)
         if per_predicate:
             tracking.log_json(self.client, self.run_id, self.artifact, per_predicate)
 
@@ -214,10 +219,9 @@ class TrialTracker:
         """Logs the epochs that reached the checkpoint but not MLflow (a crash in between)."""
         from sgstudy import tracking
 
-        logged = tracking.logged_steps(self.client, self.run_id, TOTAL_LOSS)
         for values in history:
-            if int(values[EPOCH_KEY]) not in logged:
-                tracking.log_epoch(self.client, self.run_id, int(values[EPOCH_KEY]), values)
+            epoch = int(values[EPOCH_KEY])
+            tracking.log_epoch(self.client, self.run_id, epoch, values, self.logged)
 
     def finish(self, session: Any) -> None:
         from sgstudy import tracking
@@ -229,10 +233,18 @@ class TrialTracker:
         tracking.end_run(self.client, self.run_id, tracking.FINISHED)
 
     def stop(self, exc: BaseException) -> None:
+        """Ends the run KILLED (an interrupt) or FAILED, with the reason and the traceback."""
+        import traceback
+
         from sgstudy import tracking
 
         try:
-            tracking.end_run(self.client, self.run_id, tracking.status_for(exc))
+            if tracking.status_for(exc) == tracking.FAILED:
+                reason = f"{type(exc).__name__}: {exc}"
+                text = "".join(traceback.format_exception(exc))
+                tracking.record_failure(self.client, self.run_id, reason, text)
+            else:
+                tracking.end_run(self.client, self.run_id, tracking.status_for(exc))
         except Exception:  # never hide the trial's own error behind a logging one
             pass
 
