@@ -55,9 +55,11 @@ def test_plan_turns_measured_times_into_wall_time_gpu_hours_and_cost(data_root):
     """12 trials of half a GPU on a 2-GPU, 8-CPU cluster run 4 at once in 3 waves; a trial of
     4 epochs × (10 steps of 1 s + 2 val batches of 0.5 s) + 2 s set-up takes 46 s, so the wall
     time is 138 s and the GPU-hours 12 × 0.5 × 46 / 3600, at $3 per GPU-hour."""
+    # A cluster's address: the plan is not checked against this GPU-less machine.
     options = StudyOptions(
-        "align-motifs-p", str(data_root), seeds=(0, 1), gpus_per_trial=0.5, epochs=4
-    )
+        "align-motifs-p", str(data_root), seeds=(0, 1), gpus_per_trial=0.5, epochs=4,
+        address="10.0.0.1:6379",
+    )  # fmt: skip
     plan = plan_study(options)
     cluster = {"CPU": 8.0, "GPU": 2.0}
     measured = Calibration(

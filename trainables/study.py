@@ -161,17 +161,7 @@ def finished_outcome(plan: StudyPlan, parent: Any) -> StudyOutcome:
     table = format_table(plan.spec.name, rows, plan.epochs, table_metrics(plan))
     print(table)
     print(f"launch {plan.launch!r} had already finished: nothing to resume, nothing changed")
-    return StudyOutcome(
-        study=plan.spec.name,
-        launch=plan.launch,
-        experiment_path=plan.experiment_path,
-        tracking_uri=plan.tracking_uri,
-        experiment_id=study_run.experiment_id,
-        parent_run_id=study_run.parent_run_id,
-        rows=tuple(rows),
-        table=table,
-        complete=True,
-    )
+    return launch_outcome(plan, study_run, rows, table, complete=True)
 
 
 def connect_ray(address: str | None) -> bool:
@@ -239,19 +229,10 @@ def run_planned(plan: StudyPlan) -> StudyOutcome:
         # in a way Tune does not handle): the trials' state is in checkpoints, --resume goes on.
         reason = f"{type(exc).__name__}: {tracking.one_line(str(exc))}"
         stop_launch(study_run, tracking.FAILED, f"the driver stopped: {reason}")
-        return StudyOutcome(
-            study=plan.spec.name,
-            launch=plan.launch,
-            experiment_path=plan.experiment_path,
-            tracking_uri=plan.tracking_uri,
-            experiment_id=experiment_id,
-            parent_run_id=parent_run_id,
-            rows=(),
-            table="",
-            complete=False,
-            interrupted=True,
+        return launch_outcome(
+            plan, study_run, (), "", complete=False, interrupted=True,
             driver_error=f"{reason}; {resume_hint(plan).split(': ', 1)[1]}",
-        )
+        )  # fmt: skip
     return finish_launch(plan, study_run, results)
 
 
@@ -301,6 +282,17 @@ def finish_launch(plan: StudyPlan, study_run: Any, results: Any) -> StudyOutcome
     print(table)
     if interrupted:
         print(resume_hint(plan))
+    return launch_outcome(
+        plan, study_run, rows, table, complete=complete, interrupted=interrupted,
+        failed_runs=failed_runs,
+    )  # fmt: skip
+
+
+def launch_outcome(
+    plan: StudyPlan, study_run: Any, rows: Any, table: str, **state: Any
+) -> StudyOutcome:
+    """The outcome of ``plan``'s launch tracked under ``study_run``; ``state``: the
+    ``complete`` / ``interrupted`` / ``failed_runs`` / ``driver_error`` fields."""
     return StudyOutcome(
         study=plan.spec.name,
         launch=plan.launch,
@@ -310,9 +302,7 @@ def finish_launch(plan: StudyPlan, study_run: Any, results: Any) -> StudyOutcome
         parent_run_id=study_run.parent_run_id,
         rows=tuple(rows),
         table=table,
-        complete=complete,
-        interrupted=interrupted,
-        failed_runs=failed_runs,
+        **state,
     )
 
 
