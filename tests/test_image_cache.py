@@ -126,8 +126,9 @@ def test_workers_default_to_the_cpus_minus_one(monkeypatch, synthetic_root):
         RunConfig.from_flat({"num_workers": -1})
 
 
-def test_a_negative_worker_count_is_one_error_line(capsys, tmp_path):
+def test_a_negative_worker_count_is_one_error_line(capsys, tmp_path, synthetic_root):
     out = tmp_path / "run"
-    code = main(["train", "--data", "data/synthetic", "--out", str(out), "--num-workers", "-1"])
+    argv = ["train", "--data", str(synthetic_root), "--out", str(out), "--num-workers", "-1"]
+    code = main(argv)
     assert code == 2 and not out.exists()
     assert capsys.readouterr().err == "error: num_workers must be >= 0, got -1\n"
