@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainables.processes import command_line, group_tree
+
 STUDY = "align-motifs-p"
 SYNTH_IMAGES = 40
 SYNTH_IMAGE_SIZE = 64
@@ -54,51 +56,13 @@ def sgstudy_command() -> list[str]:
 
 
 # ---------------------------------------------------------------- processes (/proc)
-def process_table() -> dict[int, tuple[int, int, str]]:
-    """pid -> (parent pid, process group, state)."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        state, ppid, pgid = stat[stat.rindex(")") + 2 :].split()[:3]
-        table[int(entry.name)] = (int(ppid), int(pgid), state)
-    return table
-
-
-def process_tree(root: int) -> set[int]:
-    """``root``'s process group and every live descendant of it (Ray's workers included)."""
-    table = process_table()
-    found = {pid for pid, (_, pgid, state) in table.items() if pgid == root and state != "Z"}
-    grew = True
-    while grew:
-        children = {
-            pid
-            for pid, (ppid, _, state) in table.items()
-            if ppid in found and pid not in found and state != "Z"
-        }
-        found |= children
-        grew = bool(children)
-    return found
-
-
-def command_line(pid: int) -> str:
-    try:
-        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def trial_workers(driver: int) -> list[int]:
     """The driver's trial workers that are running a trial now."""
-    return sorted(p for p in process_tree(driver) if command_line(p).startswith(TRIAL_WORKER_TITLE))
+    return sorted(p for p in group_tree({driver}) if command_line(p).startswith(TRIAL_WORKER_TITLE))
 
 
 def kill_tree(root: int) -> None:
-    for pid in process_tree(root):
+    for pid in group_tree({root}):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from processes import group_members
 
 from sgstudy import tracking
 from sgstudy.errors import UserError
+from trainables.processes import group_members
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.2"

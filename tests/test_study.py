@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from processes import process_table
 
 from search_spaces.studies import BASELINE, MODEL_KEYS, PAPER_P_VALUES, get_study
 from sgstudy import __version__
@@ -54,6 +53,7 @@ from sgstudy.tracking_layout import (
     TRIAL_ID_TAG,
     VERSION_PARAM,
 )
+from trainables.processes import group_tree, process_table
 
 # Killing a driver's whole process tree reads /proc.
 pytestmark = pytest.mark.skipif(
@@ -73,26 +73,6 @@ STUDY_TIMEOUT_S = 480
 
 
 # ---------------------------------------------------------------- processes
-def group_tree(pgids: set[int]) -> set[int]:
-    """Every live process in the groups ``pgids`` and all their descendants.
-
-    Ray's trial workers run in process groups of their own under the raylet, so the group
-    alone would miss them; descendants are collected while the tree is still intact.
-    """
-    table = process_table()
-    found = {pid for pid, (_, pgid, state) in table.items() if pgid in pgids and state != "Z"}
-    grew = True
-    while grew:
-        children = {
-            pid
-            for pid, (ppid, _, state) in table.items()
-            if ppid in found and pid not in found and state != "Z"
-        }
-        found |= children
-        grew = bool(children)
-    return found
-
-
 def kill_groups(pgids: set[int], timeout_s: float = 30.0) -> None:
     """SIGKILLs the groups and their descendants by pid, then waits until they are gone."""
     pids = group_tree(pgids)

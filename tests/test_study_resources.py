@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from processes import group_members
 
 from search_spaces.studies import BASELINE
 from sgstudy.errors import ConfigError, UserError
@@ -49,6 +48,7 @@ from trainables.plan import (
     resolve_max_concurrent,
     trial_resources,
 )
+from trainables.processes import group_members
 
 SGSTUDY = Path(sys.executable).parent / "sgstudy"
 STUDY = "align-motifs-p"
