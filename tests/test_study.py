@@ -544,6 +544,7 @@ def test_killed_driver_resumes_without_running_a_trial_twice(tmp_path, data_root
         else:
             os.killpg(first.proc.pid, signal.SIGINT)  # Ctrl-C in the driver's terminal
             first.proc.wait(timeout=120)
+            assert first.proc.returncode == 130, first.tail()
     finally:
         first.stop()
     killed = read_study(workdir)
