@@ -87,6 +87,9 @@ def test_the_backbone_rows_and_the_operations_convention(paper_table):
     # The union-box branch costs 49 x more on 7 x 7 crops than on 1 x 1 ones, same weights.
     (seven, p7, ops7), (one, p1, ops1) = paper_table.unions
     assert (seven, one, p7) == (7, 1, p1) and ops7 == 49 * ops1
+    # The detector without DSG runs the same last stage on N entity crops: N / N^2 of the
+    # union branch, plus the trunk and the RPN head.
+    assert paper_table.detector > ops7 // N + at_paper_size.multiply_adds // 2
 
 
 def test_complexity_command_prints_the_measured_table_1(capsys):

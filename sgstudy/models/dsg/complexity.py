@@ -30,7 +30,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import resnet101
 
-from sgstudy.models.dsg.detector import ROI_SIZE, build_paper_detector, build_tiny_detector
+from sgstudy.models.dsg.detector import (
+    DETECTOR_SETTINGS,
+    ROI_SIZE,
+    build_paper_detector,
+    build_tiny_detector,
+)
 from sgstudy.models.dsg.gpi import GpiStep
 from sgstudy.models.dsg.model import DSG_PRESETS
 
@@ -85,7 +90,8 @@ class Complexity:
     """rows: the generator (DSG's aggregation) and ResNet-101 at 600 x 1000 and 224 x 224;
     parts: the generator network by network; aggregations: the generator per aggregation;
     unions: the detector's union-box branch (relation features f_ij), which DSG adds to the
-    detector besides the generator: (ROI crop side, parameters, multiply-adds) on n^2 boxes."""
+    detector besides the generator: (ROI crop side, parameters, multiply-adds) on n^2 boxes;
+    detector: multiply-adds of the detector without DSG on one image (``detector_cost``)."""
 
     preset: str
     num_entities: int
@@ -93,6 +99,7 @@ class Complexity:
     parts: tuple[PartRow, ...]
     aggregations: tuple[tuple[str, int, int], ...]  # (aggregation, parameters, multiply-adds)
     unions: tuple[tuple[int, int, int], ...]
+    detector: int
 
 
 def trainable_parameters(module: nn.Module) -> int:
@@ -155,13 +162,33 @@ def resnet_row(size: tuple[int, int], bounds: tuple[str, str]) -> ComplexityRow:
     return ComplexityRow("ResNet-101", shown, parameters, per_module["Global"], *bounds)
 
 
+def detector_on_meta(preset: str, with_unions: bool):
+    build = build_paper_detector if preset == "paper" else build_tiny_detector
+    with torch.device("meta"):
+        return build(DSG_PRESETS[preset].feature, with_unions, None)
+
+
+def detector_cost(preset: str, num_entities: int) -> int:
+    """Forward multiply-adds of the preset's detector without DSG (what ``no-dsg`` runs) on one
+    image of the preset's largest size (600 x 1000 in ``paper``): the trunk, the RPN head and
+    the entity branch (own last stage and 1 x 1 convolution) on n 7 x 7 crops."""
+    detector, settings = detector_on_meta(preset, False), DETECTOR_SETTINGS[preset]
+    image = torch.empty(1, 3, settings.min_size, settings.max_size, device="meta")
+    entity = detector.entity_features
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        features = detector.trunk(image)
+        detector.rpn.head([features])
+        crops = features.new_empty(num_entities, features.shape[1], ROI_SIZE, ROI_SIZE)
+        entity.reduce(entity.last_stage(crops))
+    return counter.get_total_flops() // 2
+
+
 def union_branch(preset: str, num_entities: int) -> tuple[tuple[int, int, int], ...]:
     """(crop side, parameters, multiply-adds) of the preset's union-box branch (its own last
     stage and 1 x 1 convolution) on the n^2 union boxes of one image, at the supplement's 7 x 7
     ROI-Align crops (this build) and at the public code's 1 x 1 crops."""
-    build = build_paper_detector if preset == "paper" else build_tiny_detector
+    branch = detector_on_meta(preset, True).union_features
     with torch.device("meta"):
-        branch = build(DSG_PRESETS[preset].feature, True, None).union_features
         module = nn.Sequential(branch.last_stage, branch.reduce)
         channels = next(m for m in module.modules() if isinstance(m, nn.Conv2d)).in_channels
         crops = [torch.empty(num_entities**2, channels, side, side)
@@ -190,7 +217,8 @@ def complexity_table(preset: str = "paper", num_entities: int = 32) -> Complexit
         resnet_row(PAPER_IMAGE_SIZE, SUPPLEMENT_BOUNDS["ResNet-101"]),
         resnet_row(IMAGENET_SIZE, ("reference", "reference")),
     )
-    return Complexity(preset, n, rows, parts, tuple(aggregations), union_branch(preset, n))
+    unions, detector = union_branch(preset, n), detector_cost(preset, n)
+    return Complexity(preset, n, rows, parts, tuple(aggregations), unions, detector)
 
 
 def _millions(value: int) -> str:
@@ -267,17 +295,24 @@ def _aggregations(table: Complexity) -> list[str]:
 
 
 def _union_branch(table: Complexity) -> list[str]:
+    n, generator = table.num_entities, table.rows[0].multiply_adds
+    settings = DETECTOR_SETTINGS[table.preset]
     lines = [
         "Not in Table 1: DSG also adds the detector's union-box branch (relation features f_ij: "
-        f"its own last stage and 1 x 1 convolution on the {table.num_entities**2} union boxes "
-        "of an image):",
+        f"its own last stage and 1 x 1 convolution on the {n**2} union boxes of an image). "
+        f"Forward multiply-adds of one {settings.min_size} x {settings.max_size} image at n = {n}: "
+        f"the detector without DSG (trunk, RPN head, entity branch on {n} boxes) "
+        f"{_billions(table.detector)}; what DSG adds:",
         "",
-        "| union-box ROI crop | trainable parameters | multiply-adds |",
-        "| --- | ---: | ---: |",
+        "| union-box ROI crop | union branch parameters | union branch multiply-adds | "
+        "+ generator, share of the detector without DSG |",
+        "| --- | ---: | ---: | ---: |",
     ]
     for side, parameters, multiply_adds in table.unions:
         source = "supplement, this build" if side == ROI_SIZE else "public code's default"
+        added = (multiply_adds + generator) / table.detector
         lines.append(
-            f"| {side} x {side} ({source}) | {_millions(parameters)} | {_billions(multiply_adds)} |"
+            f"| {side} x {side} ({source}) | {_millions(parameters)} | "
+            f"{_billions(multiply_adds)} | +{added:.0%} |"
         )
     return lines
