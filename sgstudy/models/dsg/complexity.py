@@ -18,7 +18,11 @@ What is counted:
 - ResNet-101: torchvision's network up to ``layer4`` (no classifier) on one 600 x 1000 image
   (tf-faster-rcnn's and the public DSG code's shorter side 600, longer side at most 1000), and
   on one 224 x 224 image for reference: ImageNet's size, where the common ResNet-101 figures
-  (7.8 G multiply-adds, 15.7 G FLOPs) come from.
+  (7.8 G multiply-adds, 15.6 G FLOPs) come from.
+- Beyond Table 1, what else DSG adds to the detector: the union-box branch (its own last stage
+  and 1 x 1 convolution on the n^2 union boxes) on the supplement's 7 x 7 crops and on the
+  public code's 1 x 1 crops, next to the detector without DSG (trunk, RPN head, entity branch)
+  on one image of the preset's largest size.
 """
 
 from __future__ import annotations
