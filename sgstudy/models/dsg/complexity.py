@@ -28,6 +28,7 @@ What is counted:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from torch import nn
@@ -157,6 +158,7 @@ def generator_parts(generator: GpiStep, per_module: dict[str, int]) -> tuple[Par
     return tuple(parts)
 
 
+@cache  # the same for every preset; a study's launch logs two presets
 def resnet_row(size: tuple[int, int], bounds: tuple[str, str]) -> ComplexityRow:
     with torch.device("meta"):
         backbone = nn.Sequential(*list(resnet101(weights=None).children())[:-2])
