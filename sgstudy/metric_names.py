@@ -18,7 +18,14 @@ RECALL_FAMILIES: tuple[str, ...] = ("R", "mR", "ng_R", "ng_mR", "zR", "ng_zR")
 # Predicate groups by training frequency; group metric = mean of per-predicate recalls.
 PREDICATE_GROUPS: tuple[str, ...] = ("head", "body", "tail")
 
-LOSS_TERMS: tuple[str, ...] = ("loss_rel", "loss_obj", "loss_align")
+# DSG's unweighted terms, every variant's (sgstudy.models.dsg.model.LOSS_WEIGHTS): the RPN's,
+# the box refinement, the referring-relationship classifier on z'_i and on the raw features,
+# and the partial scene-graph supervision on the boxes and on the annotated boxes.
+DSG_LOSS_TERMS: tuple[str, ...] = (
+    "loss_rpn_objectness", "loss_rpn_box", "loss_box", "loss_rrc", "loss_rrc_raw",
+    "loss_entity", "loss_relation", "loss_entity_gt", "loss_relation_gt",
+)  # fmt: skip
+LOSS_TERMS: tuple[str, ...] = ("loss_rel", "loss_obj", "loss_align", *DSG_LOSS_TERMS)
 TOTAL_LOSS = "loss"
 
 # Collapse and balance diagnostics, per epoch (sgstudy.models.diagnostics):

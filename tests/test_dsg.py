@@ -8,16 +8,13 @@ import math
 import pytest
 import torch
 
-from sgstudy.cli import main
 from sgstudy.config import GPI_AGGREGATIONS, DsgConfig, ModelConfig, OptimConfig, RunConfig
 from sgstudy.data.referring import ReferringDataset, compute_referring_statistics
 from sgstudy.data.referring_synth import derive_referring_dataset
 from sgstudy.errors import ConfigError
 from sgstudy.models import build_model
-from sgstudy.models.dsg.complexity import complexity_table
 from sgstudy.models.dsg.gpi import Aggregation, GpiStep
 from sgstudy.models.dsg.heads import answer_from_scene_graph, query_one_hot
-from sgstudy.models.dsg.model import DSG_PRESETS
 from sgstudy.models.dsg.targets import (
     IGNORE,
     OBJECT,
@@ -205,32 +202,7 @@ def test_two_step_falls_back_to_the_most_probable_triplet():
     assert torch.equal(roles.sum(dim=1), torch.ones(3))
 
 
-# ---------------------------------------------------------------- Table 1 and training defaults
-def test_complexity_command_prints_the_measured_table_1(capsys):
-    assert main(["complexity", "--model", "dsg", "--preset", "paper"]) == 0
-    out = capsys.readouterr().out
-    assert "| DSG generator | n = 32 entities" in out and "| ResNet-101 | one 600 x 1000" in out
-    assert "multiply-adds" in out and "< 4M params, < 1.5G ops" in out
-
-
-def test_complexity_counts_match_the_networks():
-    generator, backbone = complexity_table("paper", num_entities=8)
-    w = DSG_PRESETS["paper"]
-    step = GpiStep(
-        516, 516, w.hidden, w.phi_out, w.alpha_out, w.rho_out, 101, 71, "feature-attention"
-    )
-    assert generator.parameters == sum(p.numel() for p in step.parameters())
-    # phi and its attention network alone: two (1548 -> 512 -> 512) MLPs on 8^2 pairs.
-    pairs_multiply_adds = 2 * 64 * (1548 * 512 + 512 * 512)
-    assert pairs_multiply_adds < generator.multiply_adds < 2 * pairs_multiply_adds
-    assert backbone.parameters > 40e6 and backbone.multiply_adds > 15e9
-
-
-def test_complexity_refuses_an_empty_graph(capsys):
-    assert main(["complexity", "--num-entities", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --num-entities must be >= 1, got 0"
-
-
+# ---------------------------------------------------------------- training defaults
 def test_dsg_trains_with_the_papers_sgd_defaults_unless_told_otherwise():
     paper = RunConfig.from_flat({"model": "dsg"}).optim
     assert (paper.optimizer, paper.lr, paper.momentum, paper.batch_size) == ("sgd", 1e-3, 0.9, 1)

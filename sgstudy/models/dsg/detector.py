@@ -8,6 +8,12 @@ stage (``layer4`` at stride 1: 7 x 7 x 2,048 per region). DSG then reduces the 2
 (relations) have separate copies of the last stage and of the 1 x 1 convolution, as in the
 public code.
 
+Union boxes are cropped 7 x 7 like entities, as the supplement says ("both f_i and f_ij ... as
+7 x 7 x 2048 features"). The public code differs: with its default ``RESNET.MAX_POOL = False``
+it crops every union box to 1 x 1 before its copy of the last stage. At n = 32 that is 1,024
+union boxes per image, so the choice dominates DSG's cost in ``paper``: about 802 G
+multiply-adds at 7 x 7 against 16 G at 1 x 1 (``sgstudy complexity --preset paper``).
+
 ``tiny`` keeps the structure at CPU size: ``sgstudy.models.detector.TinyBackbone``'s first
 stages as the trunk (stride 8, 64 channels), one 1 x 1 conv block as the "last stage".
 

@@ -51,6 +51,8 @@ class AnnotatedGraphHeads(nn.Module):
     detector learns entity and relation features directly.
 
     entity (N, D) -> (N, O + 1); pairs [f_i, f_j, f_ij] (N, N, 2 D + D_r) -> (N, N, C + 1).
+    Here D includes the 4 box coordinates, as for the proposals; the public code gives these
+    heads the 512 pooled features without coordinates.
     """
 
     def __init__(self, entity_dim: int, relation_dim: int, num_entities: int, num_predicates: int):
