@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
-from bench_train import time_steps
+from bench_train import CLOCKS, time_steps
 
 from sgstudy.config import RunConfig
 from sgstudy.engine import resolve_device
 from sgstudy.models.dsg.complexity import complexity_table, format_complexity_table
 
 SUPPLEMENT_RATIO = 1.15
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def variant_config(variant: str, args: argparse.Namespace, device: torch.device) -> RunConfig:

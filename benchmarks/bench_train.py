@@ -24,6 +24,10 @@ from sgstudy.config import RunConfig
 from sgstudy.engine import build_optimizer, build_scheduler, resolve_device, train_one_epoch
 from sgstudy.training import TrainingSession
 
+# "cpu" counts this process's CPU time only: on a shared machine, wall-clock step times swing
+# with whatever else runs, CPU time much less.
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
 
 def detector_for(data: str, preset: str, workdir: Path, device: str) -> str:
     """An (untrained) detector checkpoint of the preset: SGDet's speed does not depend on its skill."""
@@ -89,11 +93,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--clock", default="wall", choices=tuple(CLOCKS))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    print(f"device: {device}, torch threads: {torch.get_num_threads()}, preset: {args.preset}")
+    print(
+        f"device: {device}, torch threads: {torch.get_num_threads()}, preset: {args.preset}, "
+        f"clock: {args.clock}"
+    )
     rows = []
     runs = [("motifs", p) for p in args.protocols.split(",") if "motifs" in args.models]
     runs += [("sgtr", "sgdet")] if "sgtr" in args.models else []
@@ -115,7 +123,7 @@ def main() -> None:
                         "warmup_iters": 0,
                     }
                 )  # fmt: skip
-                seconds, peak = time_steps(config, args.steps, args.warmup)
+                seconds, peak = time_steps(config, args.steps, args.warmup, CLOCKS[args.clock])
                 times[align] = seconds
                 rows.append((name, align, args.batch_size / seconds, seconds, peak))
             rows.append((name, "ratio", None, times[True] / times[False], None))
