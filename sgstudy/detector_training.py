@@ -48,6 +48,7 @@ class DetectorSchedule:
     max_grad_norm: float = 10.0
     optimizer: str = "sgd"
     backbone_lr: float | None = None
+    epochs: int = 10
 
 
 SCHEDULES = {
@@ -59,8 +60,10 @@ SCHEDULES = {
     ),
     # From scratch on a CPU: one higher learning rate for the whole network (the backbone has
     # no pretrained weights to protect).
+    # 40 epochs: on the embedded default it reached val box mAP@0.5 0.03 after 12 epochs and
+    # 0.50 after 40 (README); a DETR that does not detect leaves SGTR nothing to pair.
     ("detr", "tiny"): DetectorSchedule(
-        batch_size=8, lr=5e-4, max_grad_norm=0.1, optimizer="adamw", warmup_iters=50
+        batch_size=8, lr=5e-4, max_grad_norm=0.1, optimizer="adamw", warmup_iters=50, epochs=40
     ),
 }
 
@@ -69,7 +72,7 @@ def train_detector(
     data: DataConfig,
     preset: str,
     out_dir: Path,
-    epochs: int,
+    epochs: int | None,
     seed: int,
     weights: str | None,
     device: str,
@@ -78,13 +81,15 @@ def train_detector(
 ) -> dict[str, float]:
     """Trains a ``kind`` detector of ``preset`` on ``data``'s training boxes, saves it to
     ``out_dir/detector.pt`` and returns ``{"box_mAP_50", "train_loss", "epochs", "seconds"}``
-    with the box mAP@0.5 on the validation split."""
+    with the box mAP@0.5 on the validation split. ``epochs`` None: the schedule's."""
     if kind not in DETECTOR_KINDS:
         raise UserError(
             f"unknown detector kind {kind!r}; choose one of {', '.join(DETECTOR_KINDS)}"
         )
     if (kind, preset) not in SCHEDULES:
         raise UserError(f"unknown detector preset {preset!r}; choose one of tiny, paper")
+    schedule = SCHEDULES[kind, preset]
+    epochs = schedule.epochs if epochs is None else epochs
     if epochs < 1:
         raise UserError(f"epochs must be >= 1, got {epochs}")
     started = time.perf_counter()
@@ -93,7 +98,6 @@ def train_detector(
     train_set, val_set = (_load_split(data, split, seed) for split in ("train", "val"))
     classes = list(train_set.object_classes)
     model = _build(kind, preset, len(classes), weights).to(target_device)
-    schedule = SCHEDULES[kind, preset]
     loader = _loader(train_set, data, schedule.batch_size, shuffle=True, seed=seed)
     optimizer, scheduler = detector_optimizer(model, schedule, epochs * len(loader))
     loss = math.nan
