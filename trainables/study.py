@@ -398,6 +398,10 @@ def build_tuner(
             scheduler=build_scheduler(plan),
             num_samples=plan.num_samples,
             max_concurrent_trials=max_concurrent,
+            # A finished trial's worker process runs the next one: no process start, no
+            # imports, no CUDA context per trial (what each trial must not inherit is reset
+            # in trainables.trial).
+            reuse_actors=plan.options.reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=plan.launch,

@@ -14,12 +14,23 @@ logs. The Train run is named after the trial, so a retried trial resumes its Tra
 A trial's checkpoint holds the session checkpoint and ``trial.json``: the MLflow run id and
 the per-epoch results so far, with which a restarted trial continues its own MLflow run and
 fills in any epoch that reached Tune but not MLflow.
+
+Tune reuses a finished trial's worker process for the next trial (``reuse_actors`` in
+``trainables.study``), so imported modules stay loaded; everything a trial trains with is
+its own: the session seeds the Python, NumPy and torch RNGs and builds the model, the
+optimiser and the scaler afresh, the trial sets the torch thread count Ray gave the worker,
+and the session's memory is released before the run ends. Each child run records its fixed
+cost, measured here (``TRIAL_SETUP_S``, ``TRIAL_TEARDOWN_S``), and the worker process and
+how many trials it had started before (``WORKER_PID_TAG``, ``WORKER_TRIAL_TAG``).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +38,7 @@ from typing import Any
 
 from sgstudy import __version__
 from sgstudy.config import RunConfig
-from sgstudy.metric_names import TOTAL_LOSS
+from sgstudy.metric_names import TOTAL_LOSS, TRIAL_SETUP_S, TRIAL_TEARDOWN_S
 from sgstudy.tasks import task_of
 from sgstudy.tracking_layout import (
     DATASET_FINGERPRINT_PARAM,
@@ -35,7 +46,10 @@ from sgstudy.tracking_layout import (
     PER_PREDICATE_ARTIFACT,
     RESOLVED_CONFIG_ARTIFACT,
     STUDY_PARAM,
+    TRIAL_ENTERED_TAG,
     VERSION_PARAM,
+    WORKER_PID_TAG,
+    WORKER_TRIAL_TAG,
 )
 
 # Tune config keys that belong to the trial, not to the run config.
@@ -43,7 +57,20 @@ VARIANT_KEY = "variant"
 # Fault injection for testing retries: the trial raises right after reporting this epoch's
 # checkpoint, unless it was itself restored from a checkpoint, so it fails exactly once.
 FAIL_ONCE_KEY = "fail_once_at_epoch"
-TRIAL_KEYS = (VARIANT_KEY, FAIL_ONCE_KEY)
+# Diagnostics: the trial tags its run with digests of the state its first step starts from
+# (``START_STATE_TAGS``), to compare a trial in a reused worker with one in a fresh process.
+START_STATE_KEY = "log_start_state"
+TRIAL_KEYS = (VARIANT_KEY, FAIL_ONCE_KEY, START_STATE_KEY)
+START_STATE_TAGS = (
+    "sgstudy.start.params_sha256",
+    "sgstudy.start.rng_sha256",
+    "sgstudy.start.optimizer_state_entries",
+)
+# How long Tune waits for a stopped trial's thread to end before it reuses the worker for the
+# next trial (its default, 2 s, is shorter than a stopped trial's MLflow write on a busy node,
+# and a failed hand-over fails the next trial).
+THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+THREAD_TIMEOUT_S = "60"
 
 SESSION_FILE = "checkpoint.pt"
 STATE_FILE = "trial.json"
@@ -53,6 +80,91 @@ EPOCH_KEY = "epoch"
 
 class InjectedFailure(RuntimeError):
     """Raised by the ``fail_once_at_epoch`` knob."""
+
+
+# The trials this process has started; with actor reuse one worker runs several in turn.
+_trials_started = itertools.count()
+
+
+@dataclass(frozen=True)
+class TrialEntry:
+    """When and where a trial's function was entered.
+
+    clock:  ``time.perf_counter()`` at entry (for the fixed cost)
+    wall:   ``time.time()`` at entry (Unix seconds, comparable across processes)
+    pid:    the worker process
+    index:  trials this process had started before (0: a fresh process)
+    """
+
+    clock: float
+    wall: float
+    pid: int
+    index: int
+
+    @staticmethod
+    def now() -> TrialEntry:
+        return TrialEntry(time.perf_counter(), time.time(), os.getpid(), next(_trials_started))
+
+    def tags(self) -> dict[str, str]:
+        return {
+            WORKER_PID_TAG: str(self.pid),
+            WORKER_TRIAL_TAG: str(self.index),
+            TRIAL_ENTERED_TAG: f"{self.wall:.3f}",
+        }
+
+
+def prepare_worker() -> None:
+    """Process-wide settings a trial must not inherit from the worker's previous trial."""
+    import torch
+
+    os.environ.setdefault(THREAD_TIMEOUT_ENV, THREAD_TIMEOUT_S)
+    # Ray sets OMP_NUM_THREADS to the CPUs the worker holds; torch read it once, at import.
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))
+
+
+def release_memory(device: Any, first_trial: bool) -> None:
+    """Frees what a finished session left in reference cycles (and CUDA's cached blocks), so
+    the next trial in this worker starts with none of this one's memory.
+
+    A full collection walks every object of the process: 0.25 s once Ray, MLflow and torch
+    are loaded. After the process's first trial, what survives it (modules, Ray's own state)
+    lives as long as the process, so it is frozen out of later collections, which then see
+    only what later trials allocate.
+    """
+    import gc
+
+    import torch
+
+    gc.collect()
+    if first_trial:
+        gc.freeze()
+    if device is not None and device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def start_state(session: Any) -> dict[str, str]:
+    """``START_STATE_TAGS`` of a session just started: sha256 of the model's parameters and buffers (names and bytes), of
+    the Python, NumPy and torch RNG states, and the optimiser's number of state entries."""
+    import hashlib
+    import random
+
+    import numpy as np
+    import torch
+
+    from sgstudy.engine import unwrap
+
+    params = hashlib.sha256()
+    for name, tensor in sorted(unwrap(session.model).state_dict().items()):
+        params.update(name.encode())
+        params.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    rng = hashlib.sha256(repr(random.getstate()).encode())
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    rng.update(f"{kind} {position} {has_gauss} {cached!r}".encode() + keys.tobytes())
+    rng.update(torch.get_rng_state().numpy().tobytes())
+    values = (params.hexdigest(), rng.hexdigest(), str(len(session.optimizer.state)))
+    return dict(zip(START_STATE_TAGS, values, strict=True))
 
 
 @dataclass(frozen=True)
@@ -116,9 +228,11 @@ def run_name(config: RunConfig, knobs: dict[str, Any]) -> str:
 
 def train_scene_graph(config: dict[str, Any], settings: TrialSettings) -> None:
     """Ray Tune function trainable: one (variant, seed) of a study, epoch by epoch."""
+    entry = TrialEntry.now()
     run_config, knobs = split_config(config)
     from ray import tune
 
+    prepare_worker()
     trial_id = tune.get_context().get_trial_id()
     if settings.workers_per_trial > 1:
         run_data_parallel(config, settings, trial_id)
@@ -128,12 +242,13 @@ def train_scene_graph(config: dict[str, Any], settings: TrialSettings) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(values, checkpoint=checkpoint)
 
+    args = (run_config, knobs, settings, trial_id)
     restored = tune.get_checkpoint()
     if restored is None:
-        run_epochs(run_config, knobs, settings, trial_id, None, report, lead=True)
+        run_epochs(*args, None, report, lead=True, entry=entry)
         return
     with restored.as_directory() as directory:
-        run_epochs(run_config, knobs, settings, trial_id, Path(directory), report, lead=True)
+        run_epochs(*args, Path(directory), report, lead=True, entry=entry)
 
 
 def run_epochs(
@@ -145,16 +260,19 @@ def run_epochs(
     report: Callable[[dict[str, Any], Path | None], None],
     lead: bool,
     device: Any = None,
+    entry: TrialEntry | None = None,
 ) -> None:
     """The epoch loop shared by plain and data-parallel trials.
 
     ``restored`` is the checkpoint directory the attempt starts from (``None``: fresh).
     ``report(values, checkpoint_dir)`` hands an epoch to Ray; every rank calls it, but only
     the ``lead`` (rank 0) writes checkpoints and logs to MLflow. ``device`` overrides the
-    run config's choice (a data-parallel worker's own GPU).
+    run config's choice (a data-parallel worker's own GPU). ``entry``: when the trial began
+    (default: now), from which its setup time is measured.
     """
     from sgstudy.training import TrainingSession
 
+    entry = entry or TrialEntry.now()
     state = TrialState.load(restored)
     session_file = restored / SESSION_FILE if restored else None
     session = TrainingSession.start(
@@ -162,8 +280,12 @@ def run_epochs(
         session_file if session_file and session_file.is_file() else None,
         device=device,
     )
+    start_tags = start_state(session) if knobs.get(START_STATE_KEY) else {}
     tracker = open_tracker(settings, trial_id, run_config, knobs, state, session) if lead else None
+    session_device = session.device
     try:
+        if tracker is not None:
+            tracker.log_start(entry, start_tags)
         if session.done and state.history:
             # Finished before the driver recorded it: hand Tune the last result, train nothing.
             report(state.history[-1], None)
@@ -180,12 +302,18 @@ def run_epochs(
                 tracker.log_epoch(values, result.per_predicate)
             if knobs.get(FAIL_ONCE_KEY) == result.epoch and restored is None:
                 raise InjectedFailure(f"{FAIL_ONCE_KEY}={result.epoch}: failing once, as asked")
-        if tracker is not None:
-            tracker.finish(session)
+        trained = time.perf_counter()
+        if tracker is not None and settings.log_checkpoint:
+            tracker.log_checkpoint(session)
     except BaseException as exc:
         if tracker is not None:
             tracker.stop(exc)
         raise
+    finally:
+        del session  # the model, optimiser and data go with it (the loaders' workers too)
+        release_memory(session_device, first_trial=entry.index == 0)
+    if tracker is not None:
+        tracker.finish(time.perf_counter() - trained)
 
 
 class TrialTracker:
@@ -223,13 +351,33 @@ class TrialTracker:
             epoch = int(values[EPOCH_KEY])
             tracking.log_epoch(self.client, self.run_id, epoch, values, self.logged)
 
-    def finish(self, session: Any) -> None:
+    def log_start(self, entry: TrialEntry, start_tags: dict[str, str]) -> None:
+        """The worker process, the trial's entry time and its setup time (entry to now, just
+        before the first epoch), with the ``START_STATE_TAGS`` when asked for. A retried
+        trial's attempts each add theirs (the tags and the metric's latest value: the last)."""
+        from mlflow.entities import RunTag
+
+        tags = [RunTag(key, value) for key, value in {**entry.tags(), **start_tags}.items()]
+        self.log_cost(TRIAL_SETUP_S, time.perf_counter() - entry.clock, tags)
+
+    def log_cost(self, key: str, seconds: float, tags: list[Any] | None = None) -> None:
+        from mlflow.entities import Metric
+
+        metric = Metric(key, seconds, int(time.time() * 1000), 0)
+        self.client.log_batch(self.run_id, metrics=[metric], tags=tags or [])
+
+    def log_checkpoint(self, session: Any) -> None:
         from sgstudy import tracking
 
-        if self.settings.log_checkpoint:
-            with tempfile.TemporaryDirectory() as out:
-                session.save(Path(out) / SESSION_FILE)
-                tracking.log_file(self.client, self.run_id, Path(out) / SESSION_FILE)
+        with tempfile.TemporaryDirectory() as out:
+            session.save(Path(out) / SESSION_FILE)
+            tracking.log_file(self.client, self.run_id, Path(out) / SESSION_FILE)
+
+    def finish(self, teardown_s: float) -> None:
+        """Records the teardown (last epoch's end to here) and ends the run FINISHED."""
+        from sgstudy import tracking
+
+        self.log_cost(TRIAL_TEARDOWN_S, teardown_s)
         tracking.end_run(self.client, self.run_id, tracking.FINISHED)
 
     def stop(self, exc: BaseException) -> None:
@@ -345,11 +493,13 @@ def data_parallel_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report(values if lead else {}, checkpoint=checkpoint)
 
     # Ray Train pins each worker to its own GPU; "auto" would pick cuda:0 on every worker.
+    entry = TrialEntry.now()
+    prepare_worker()
     device = ray.train.torch.get_device() if loop_config["settings"].gpus_per_worker else None
     restored = ray.train.get_checkpoint()
     args = (run_config, knobs, loop_config["settings"], loop_config["trial_id"])
     if restored is None:
-        run_epochs(*args, None, report, lead=lead, device=device)
+        run_epochs(*args, None, report, lead=lead, device=device, entry=entry)
         return
     with restored.as_directory() as directory:
-        run_epochs(*args, Path(directory), report, lead=lead, device=device)
+        run_epochs(*args, Path(directory), report, lead=lead, device=device, entry=entry)

@@ -1,0 +1,105 @@
+"""Tune's actor reuse on the real stack: a trial run by a reused worker process starts from the
+state the same trial has in a fresh process.
+
+One launch of two trials (Motifs and Align-Motifs p = 0.1, seed 0, one epoch, one trial at a
+time) runs ``run_study`` in a process of its own on a local Ray, with every trial tagging its
+run with digests of the state its session starts from (``START_STATE_TAGS``). The second
+trial runs in the first one's worker process; a fresh Python process then starts the second
+trial's session from the config Tune gave it and trains its epoch. The reused trial must
+start from the same parameters and RNG states, with an empty optimiser, and reach the same
+loss and validation metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_study import read_study, run_to_end
+
+from sgstudy.metric_names import PRIMARY_METRIC, TOTAL_LOSS, TRIAL_SETUP_S, TRIAL_TEARDOWN_S
+from sgstudy.tracking_layout import TRIAL_ID_TAG, WORKER_PID_TAG, WORKER_TRIAL_TAG
+from trainables.trial import START_STATE_TAGS
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/stat").is_file(), reason="needs Linux /proc to clean up Ray processes"
+)
+
+STUDY = "align-motifs-p"
+DATASET = (40, 64, 0)
+
+LAUNCH_SCRIPT = """
+import sys
+from trainables.plan import StudyOptions
+from trainables.study import run_study
+
+outcome = run_study(StudyOptions(
+    study=sys.argv[1], data_root=sys.argv[2], epochs=1, values=(0.1,), max_concurrent=1,
+    log_start_state=True, verbose=0,
+))
+sys.exit(0 if outcome.complete else 1)
+"""
+
+# The trial's session in a process that ran nothing before, on one torch thread and the CPU,
+# as the trial had them (Ray gives a 1-CPU trial OMP_NUM_THREADS=1 and hides GPUs from it).
+FRESH_SCRIPT = """
+import json, sys
+import torch
+from sgstudy.training import TrainingSession
+from trainables.trial import split_config, start_state
+
+torch.set_num_threads(1)
+run_config, _ = split_config(json.loads(open(sys.argv[1]).read()))
+session = TrainingSession.start(run_config, device=torch.device("cpu"))
+state = start_state(session)
+result = session.run_epoch()
+print(json.dumps({"state": state, "values": {**result.metrics, **result.losses}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def launch(synthetic_root_factory, tmp_path_factory) -> tuple[Path, list]:
+    data_root = synthetic_root_factory(*DATASET)
+    workdir = tmp_path_factory.mktemp("reuse")
+    driver = run_to_end(
+        [sys.executable, "-c", LAUNCH_SCRIPT, STUDY, data_root],
+        workdir,
+        tmp_path_factory.mktemp("reuse_logs"),
+    )
+    assert driver.proc.returncode == 0, driver.tail()
+    runs = read_study(workdir).children
+    assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs)
+    return workdir, sorted(runs, key=lambda run: int(run.data.tags[WORKER_TRIAL_TAG]))
+
+
+def test_the_second_trial_runs_in_the_first_trials_worker_process(launch):
+    _, (first, second) = launch
+    assert first.data.tags[WORKER_PID_TAG] == second.data.tags[WORKER_PID_TAG]
+    assert (first.data.tags[WORKER_TRIAL_TAG], second.data.tags[WORKER_TRIAL_TAG]) == ("0", "1")
+    for run in (first, second):  # the fixed cost, measured inside each trial
+        assert run.data.metrics[TRIAL_SETUP_S] > 0
+        assert run.data.metrics[TRIAL_TEARDOWN_S] >= 0
+
+
+def test_a_reused_trial_starts_as_in_a_fresh_process(launch, tmp_path):
+    workdir, (_, reused) = launch
+    trial_id = reused.data.tags[TRIAL_ID_TAG]
+    (params,) = (workdir / "ray_results" / STUDY).glob(f"*_{trial_id}_*/params.json")
+    fresh = subprocess.run(
+        [sys.executable, "-c", FRESH_SCRIPT, str(params)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    expected = json.loads(fresh.stdout.splitlines()[-1])
+
+    tags = reused.data.tags
+    assert {key: tags[key] for key in START_STATE_TAGS} == expected["state"]
+    assert tags["sgstudy.start.optimizer_state_entries"] == "0"
+    for key in (TOTAL_LOSS, PRIMARY_METRIC, "R_50"):
+        # Same parameters, RNG draws and data on the same CPU code: the same numbers.
+        assert reused.data.metrics[key] == expected["values"][key], key
