@@ -186,6 +186,7 @@ def run_planned(plan: StudyPlan) -> StudyOutcome:
     import ray
 
     from sgstudy import tracking
+    from trainables.launch_state import SaveOnTrialStart
     from trainables.run_states import RunStateCallback
 
     options = plan.options
@@ -213,7 +214,8 @@ def run_planned(plan: StudyPlan) -> StudyOutcome:
         train_storage=f"{plan.experiment_path}-data-parallel",
         log_checkpoint=options.log_checkpoints,
     )
-    tuner = build_tuner(plan, settings, max_concurrent, [RunStateCallback(study_run)])
+    callbacks = [RunStateCallback(study_run), SaveOnTrialStart()]
+    tuner = build_tuner(plan, settings, max_concurrent, callbacks)
     print(
         f"study {plan.spec.name}: {plan.num_samples} trials, up to {max_concurrent} at once; "
         f"MLflow {plan.tracking_uri} (experiment {experiment_id}, parent run {parent_run_id})",

@@ -66,9 +66,9 @@ START_STATE_TAGS = (
     "sgstudy.start.rng_sha256",
     "sgstudy.start.optimizer_state_entries",
 )
-# How long Tune waits for a stopped trial's thread to end before it reuses the worker for the
-# next trial (its default, 2 s, is shorter than a stopped trial's MLflow write on a busy node,
-# and a failed hand-over fails the next trial).
+# How long Tune waits for the thread of a trial it stopped (ASHA) to end before it reuses the
+# worker for the next trial. The thread first ends its MLflow run and frees its session, which
+# can outlast Tune's default of 2 s on a busy node, and a failed hand-over fails the next trial.
 THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
 THREAD_TIMEOUT_S = "60"
 
@@ -145,8 +145,9 @@ def release_memory(device: Any, first_trial: bool) -> None:
 
 
 def start_state(session: Any) -> dict[str, str]:
-    """``START_STATE_TAGS`` of a session just started: sha256 of the model's parameters and buffers (names and bytes), of
-    the Python, NumPy and torch RNG states, and the optimiser's number of state entries."""
+    """``START_STATE_TAGS`` of a session just started: sha256 of the model's parameters and
+    buffers (names and bytes), sha256 of the Python, NumPy and torch RNG states, and the
+    number of parameters the optimiser holds state for (0 for a fresh one)."""
     import hashlib
     import random
 
