@@ -65,6 +65,7 @@ START_STATE_TAGS = (
     "sgstudy.start.params_sha256",
     "sgstudy.start.rng_sha256",
     "sgstudy.start.optimizer_state_entries",
+    "sgstudy.start.torch_threads",
 )
 # How long Tune waits for the thread of a trial it stopped (ASHA) to end before it reuses the
 # worker for the next trial. The thread first ends its MLflow run and frees its session, which
@@ -147,7 +148,8 @@ def release_memory(device: Any, first_trial: bool) -> None:
 def start_state(session: Any) -> dict[str, str]:
     """``START_STATE_TAGS`` of a session just started: sha256 of the model's parameters and
     buffers (names and bytes), sha256 of the Python, NumPy and torch RNG states, and the
-    number of parameters the optimiser holds state for (0 for a fresh one)."""
+    number of parameters the optimiser holds state for (0 for a fresh one), and torch's
+    intra-op thread count."""
     import hashlib
     import random
 
@@ -164,7 +166,12 @@ def start_state(session: Any) -> dict[str, str]:
     kind, keys, position, has_gauss, cached = np.random.get_state()
     rng.update(f"{kind} {position} {has_gauss} {cached!r}".encode() + keys.tobytes())
     rng.update(torch.get_rng_state().numpy().tobytes())
-    values = (params.hexdigest(), rng.hexdigest(), str(len(session.optimizer.state)))
+    values = (
+        params.hexdigest(),
+        rng.hexdigest(),
+        str(len(session.optimizer.state)),
+        str(torch.get_num_threads()),
+    )
     return dict(zip(START_STATE_TAGS, values, strict=True))
 
 
@@ -290,6 +297,7 @@ def run_epochs(
         if session.done and state.history:
             # Finished before the driver recorded it: hand Tune the last result, train nothing.
             report(state.history[-1], None)
+        stopped: SystemExit | None = None
         while not session.done:
             result = session.run_epoch()
             values = {**result.metrics, **result.losses, EPOCH_KEY: result.epoch}
@@ -298,7 +306,20 @@ def run_epochs(
                     state.history.append(values)
                     session.save(Path(out) / SESSION_FILE)
                     state.save(Path(out))
-                report(values, Path(out) if lead else None)
+                try:
+                    report(values, Path(out) if lead else None)
+                except SystemExit as exc:
+                    # Tune stopped the trial on this result (its scheduler's decision, e.g.
+                    # ASHA at max_t): Tune holds the epoch, so MLflow gets it too, and a trial
+                    # that trained every epoch ends FINISHED rather than KILLED. The thread
+                    # still ends by this exit: returning would make Tune's wrapper report
+                    # once more and wait for a step that never comes.
+                    if tracker is not None:
+                        tracker.log_epoch(values, result.per_predicate)
+                    if not session.done:
+                        raise
+                    stopped = exc
+                    break
             if tracker is not None:
                 tracker.log_epoch(values, result.per_predicate)
             if knobs.get(FAIL_ONCE_KEY) == result.epoch and restored is None:
@@ -315,6 +336,8 @@ def run_epochs(
         release_memory(session_device, first_trial=entry.index == 0)
     if tracker is not None:
         tracker.finish(time.perf_counter() - trained)
+    if stopped is not None:
+        raise stopped
 
 
 class TrialTracker:
