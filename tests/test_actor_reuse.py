@@ -103,3 +103,36 @@ def test_a_reused_trial_starts_as_in_a_fresh_process(launch, tmp_path):
     for key in (TOTAL_LOSS, PRIMARY_METRIC, "R_50"):
         # Same parameters, RNG draws and data on the same CPU code: the same numbers.
         assert reused.data.metrics[key] == expected["values"][key], key
+
+
+def test_a_process_parses_a_dataset_once_and_again_after_an_edit(synthetic_root_factory, tmp_path):
+    """Sessions of one process share the parsed splits and the statistics of an unchanged
+    dataset; another seed, or an edited annotation file, gives freshly loaded ones."""
+    import shutil
+
+    import torch
+
+    from sgstudy.config import RunConfig
+    from sgstudy.training import TrainingSession
+
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root_factory(*DATASET), root)
+    flat = {"data_root": str(root), "preset": "tiny", "epochs": 1, "model": "motifs"}
+    cpu = torch.device("cpu")
+    first = TrainingSession.start(RunConfig.from_flat(flat), device=cpu)
+    again = TrainingSession.start(RunConfig.from_flat(flat), device=cpu)
+    assert again.train_loader.dataset is first.train_loader.dataset
+    assert again.val_loader.dataset is first.val_loader.dataset
+    assert again.statistics is first.statistics
+    # Each session still has its own model and optimiser.
+    assert again.model is not first.model and again.optimizer is not first.optimizer
+
+    other_seed = TrainingSession.start(RunConfig.from_flat({**flat, "seed": 1}), device=cpu)
+    assert other_seed.train_loader.dataset is not first.train_loader.dataset
+
+    meta = root / "sgstudy_meta.json"
+    meta.write_text(meta.read_text() + "\n")  # same content to a reader, another file state
+    edited = TrainingSession.start(RunConfig.from_flat(flat), device=cpu)
+    assert edited.train_loader.dataset is not first.train_loader.dataset
+    assert edited.statistics is not first.statistics
+    assert edited.statistics.fingerprint == first.statistics.fingerprint
