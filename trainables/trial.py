@@ -16,19 +16,15 @@ the per-epoch results so far, with which a restarted trial continues its own MLf
 fills in any epoch that reached Tune but not MLflow.
 
 Tune reuses a finished trial's worker process for the next trial (``reuse_actors`` in
-``trainables.study``), so imported modules stay loaded; everything a trial trains with is
-its own: the session seeds the Python, NumPy and torch RNGs and builds the model, the
-optimiser and the scaler afresh, the trial sets the torch thread count Ray gave the worker,
-and the session's memory is released before the run ends. Each child run records its fixed
-cost, measured here (``TRIAL_SETUP_S``, ``TRIAL_TEARDOWN_S``), and the worker process and
-how many trials it had started before (``WORKER_PID_TAG``, ``WORKER_TRIAL_TAG``).
+``trainables.study``); what a trial must not inherit from the worker's previous one is reset
+as ``trainables.worker`` describes. Each child run records its fixed cost, measured here
+(``TRIAL_SETUP_S``, ``TRIAL_TEARDOWN_S``), and the worker process and how many trials it had
+started before (``WORKER_PID_TAG``, ``WORKER_TRIAL_TAG``).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,11 +42,9 @@ from sgstudy.tracking_layout import (
     PER_PREDICATE_ARTIFACT,
     RESOLVED_CONFIG_ARTIFACT,
     STUDY_PARAM,
-    TRIAL_ENTERED_TAG,
     VERSION_PARAM,
-    WORKER_PID_TAG,
-    WORKER_TRIAL_TAG,
 )
+from trainables.worker import TrialEntry, prepare_worker, release_memory, start_state
 
 # Tune config keys that belong to the trial, not to the run config.
 VARIANT_KEY = "variant"
@@ -58,20 +52,10 @@ VARIANT_KEY = "variant"
 # checkpoint, unless it was itself restored from a checkpoint, so it fails exactly once.
 FAIL_ONCE_KEY = "fail_once_at_epoch"
 # Diagnostics: the trial tags its run with digests of the state its first step starts from
-# (``START_STATE_TAGS``), to compare a trial in a reused worker with one in a fresh process.
+# (``trainables.worker.START_STATE_TAGS``), to compare a trial in a reused worker with one in
+# a fresh process.
 START_STATE_KEY = "log_start_state"
 TRIAL_KEYS = (VARIANT_KEY, FAIL_ONCE_KEY, START_STATE_KEY)
-START_STATE_TAGS = (
-    "sgstudy.start.params_sha256",
-    "sgstudy.start.rng_sha256",
-    "sgstudy.start.optimizer_state_entries",
-    "sgstudy.start.torch_threads",
-)
-# How long Tune waits for the thread of a trial it stopped (ASHA) to end before it reuses the
-# worker for the next trial. The thread first ends its MLflow run and frees its session, which
-# can outlast Tune's default of 2 s on a busy node, and a failed hand-over fails the next trial.
-THREAD_TIMEOUT_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
-THREAD_TIMEOUT_S = "60"
 
 SESSION_FILE = "checkpoint.pt"
 STATE_FILE = "trial.json"
@@ -81,98 +65,6 @@ EPOCH_KEY = "epoch"
 
 class InjectedFailure(RuntimeError):
     """Raised by the ``fail_once_at_epoch`` knob."""
-
-
-# The trials this process has started; with actor reuse one worker runs several in turn.
-_trials_started = itertools.count()
-
-
-@dataclass(frozen=True)
-class TrialEntry:
-    """When and where a trial's function was entered.
-
-    clock:  ``time.perf_counter()`` at entry (for the fixed cost)
-    wall:   ``time.time()`` at entry (Unix seconds, comparable across processes)
-    pid:    the worker process
-    index:  trials this process had started before (0: a fresh process)
-    """
-
-    clock: float
-    wall: float
-    pid: int
-    index: int
-
-    @staticmethod
-    def now() -> TrialEntry:
-        return TrialEntry(time.perf_counter(), time.time(), os.getpid(), next(_trials_started))
-
-    def tags(self) -> dict[str, str]:
-        return {
-            WORKER_PID_TAG: str(self.pid),
-            WORKER_TRIAL_TAG: str(self.index),
-            TRIAL_ENTERED_TAG: f"{self.wall:.3f}",
-        }
-
-
-def prepare_worker() -> None:
-    """Process-wide settings a trial must not inherit from the worker's previous trial."""
-    import torch
-
-    os.environ.setdefault(THREAD_TIMEOUT_ENV, THREAD_TIMEOUT_S)
-    # Ray sets OMP_NUM_THREADS to the CPUs the worker holds; torch read it once, at import.
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    if threads.isdigit() and int(threads) > 0:
-        torch.set_num_threads(int(threads))
-
-
-def release_memory(device: Any, first_trial: bool) -> None:
-    """Frees what a finished session left in reference cycles (and CUDA's cached blocks), so
-    the next trial in this worker starts with none of this one's memory.
-
-    A full collection walks every object of the process: 0.25 s once Ray, MLflow and torch
-    are loaded. After the process's first trial, what survives it (modules, Ray's own state)
-    lives as long as the process, so it is frozen out of later collections, which then see
-    only what later trials allocate.
-    """
-    import gc
-
-    import torch
-
-    gc.collect()
-    if first_trial:
-        gc.freeze()
-    if device is not None and device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def start_state(session: Any) -> dict[str, str]:
-    """``START_STATE_TAGS`` of a session just started: sha256 of the model's parameters and
-    buffers (names and bytes), sha256 of the Python, NumPy and torch RNG states, and the
-    number of parameters the optimiser holds state for (0 for a fresh one), and torch's
-    intra-op thread count."""
-    import hashlib
-    import random
-
-    import numpy as np
-    import torch
-
-    from sgstudy.engine import unwrap
-
-    params = hashlib.sha256()
-    for name, tensor in sorted(unwrap(session.model).state_dict().items()):
-        params.update(name.encode())
-        params.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    rng = hashlib.sha256(repr(random.getstate()).encode())
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    rng.update(f"{kind} {position} {has_gauss} {cached!r}".encode() + keys.tobytes())
-    rng.update(torch.get_rng_state().numpy().tobytes())
-    values = (
-        params.hexdigest(),
-        rng.hexdigest(),
-        str(len(session.optimizer.state)),
-        str(torch.get_num_threads()),
-    )
-    return dict(zip(START_STATE_TAGS, values, strict=True))
 
 
 @dataclass(frozen=True)
