@@ -19,17 +19,28 @@ is the study's wall time (process start to exit: imports, Ray start, MLflow and 
 set-up, Tune, per-epoch checkpoints and logging, shutdown) over that ideal. Both sides must
 end with the same validation metrics, which checks that they did the same work.
 
+The study's fixed costs are read from what the trials recorded in its MLflow store
+(``trainables.trial``): each trial's setup (its function's entry to its first epoch) and
+teardown (its last epoch's end to its run's end), its worker process, and, for a trial that
+reused the worker of an earlier one, the hand-over (that trial's run end to this trial's
+entry: Tune's bookkeeping and the worker's reset). The fixed cost of a trial after warm-up is
+setup + teardown + hand-over of the trials in a reused worker; the start-up is the command's
+start to the first trial's entry.
+
     python benchmarks/bench_study.py [--data DIR] [--epochs 2] [--cpus-per-trial 1] [--seed 0]
-                                     [--study-log FILE]
+                                     [--study-log FILE] [--demo] [--no-reuse-actors]
 
 Without ``--data`` a small synthetic dataset (200 images of 64 px) is generated into a
-temporary folder with ``sgstudy data synth``. Trials see no GPU (the study reserves none, so
-Ray hides them), and the sequential runs use the CPU as well.
+temporary folder with ``sgstudy data synth`` (the micro study). ``--demo`` measures the
+demo's study instead: the embedded default dataset (``data/synthetic``, 2,000 images) and 4
+epochs. ``--no-reuse-actors`` gives every trial a fresh worker process. Trials see no GPU
+(the study reserves none, so Ray hides them), and the sequential runs use the CPU as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -38,6 +49,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -45,6 +57,15 @@ import torch
 
 from search_spaces.studies import get_study
 from sgstudy.config import RunConfig
+from sgstudy.metric_names import TRIAL_SETUP_S, TRIAL_TEARDOWN_S
+from sgstudy.tracking import VARIANT_TAG
+from sgstudy.tracking_layout import (
+    ROLE_TAG,
+    ROLE_TRIAL,
+    TRIAL_ENTERED_TAG,
+    WORKER_PID_TAG,
+    WORKER_TRIAL_TAG,
+)
 from sgstudy.training import TrainingSession
 from trainables.study import TABLE_METRICS, TrialRow, format_table
 from trainables.trial import VARIANT_KEY, split_config
@@ -54,6 +75,12 @@ PRESET = "tiny"
 SYNTH_IMAGES = 200
 SYNTH_IMAGE_SIZE = 64
 LOG_TAIL_LINES = 40
+DEMO_DATA = Path(__file__).resolve().parents[1] / "data" / "synthetic"  # what `make demo` uses
+DEMO_EPOCHS = 4
+# Issue targets: start-up and fixed cost per trial in seconds, overhead ratio per study size.
+STARTUP_TARGET_S = 8.0
+FIXED_COST_TARGET_S = 1.5
+RATIO_TARGET = {"micro": 2.0, "demo": 1.1}
 # What `sgstudy run` prints once Ray is up and the launch is sized (trainables/study.py).
 STUDY_LINE = re.compile(r"^study \S+: (\d+) trials, up to (\d+) at once")
 TRIAL_STARTED = re.compile(r"^Trial (\S+) started with configuration")
@@ -159,10 +186,83 @@ def study_environment() -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class TrialCost:
+    """One trial's fixed cost as it recorded it in MLflow; times in seconds.
+
+    entered, ended: Unix times of its function's entry and of its run's end
+    handover:       the previous trial's run end to this entry in the same worker (None:
+                    the worker's first trial)
+    """
+
+    variant: str
+    pid: int
+    worker_trial: int
+    entered: float
+    ended: float
+    setup: float
+    teardown: float
+    handover: float | None = None
+
+    @property
+    def fixed(self) -> float | None:
+        """setup + teardown + hand-over of a trial in a reused worker (None: a fresh one)."""
+        return None if self.handover is None else self.setup + self.teardown + self.handover
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """What one ``sgstudy run`` took: wall seconds, phases, concurrency, output, trial costs."""
+
+    seconds: float
+    phases: dict[str, float]
+    concurrency: int | None
+    lines: list[str]
+    startup: float | None  # the command's start to the first trial's entry
+    costs: list[TrialCost]
+
+
+def trial_costs(workdir: Path) -> list[TrialCost]:
+    """The costs every trial of the launch in ``workdir`` recorded, with their hand-overs."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(STUDY)
+    runs = client.search_runs([experiment.experiment_id], f"tags.`{ROLE_TAG}` = '{ROLE_TRIAL}'")
+    costs = sorted(
+        (
+            TrialCost(
+                variant=run.data.tags.get(VARIANT_TAG, "?"),
+                pid=int(run.data.tags[WORKER_PID_TAG]),
+                worker_trial=int(run.data.tags[WORKER_TRIAL_TAG]),
+                entered=float(run.data.tags[TRIAL_ENTERED_TAG]),
+                ended=run.info.end_time / 1000,
+                setup=run.data.metrics[TRIAL_SETUP_S],
+                teardown=run.data.metrics[TRIAL_TEARDOWN_S],
+            )
+            for run in runs
+        ),
+        key=lambda cost: cost.entered,
+    )
+    last_end: dict[int, float] = {}
+    with_handover = []
+    for cost in costs:
+        previous = last_end.get(cost.pid)
+        handover = None if previous is None else cost.entered - previous
+        with_handover.append(dataclasses.replace(cost, handover=handover))
+        last_end[cost.pid] = cost.ended
+    return with_handover
+
+
 def run_study(
-    data_root: str, seed: int, epochs: int, cpus_per_trial: float, started: float
-) -> tuple[float, dict[str, float], int | None, list[str]]:
-    """Wall seconds of ``sgstudy run``, its phases, its concurrency and its output lines."""
+    data_root: str,
+    seed: int,
+    epochs: int,
+    cpus_per_trial: float,
+    started: float,
+    reuse_actors: bool = True,
+) -> StudyRun:
+    """Runs ``sgstudy run`` in a temporary working directory and reads what it took."""
     command = sgstudy_command() + [
         "run", STUDY, "--data", data_root, "--preset", PRESET, "--seeds", str(seed),
         "--epochs", str(epochs), "--cpus-per-trial", f"{cpus_per_trial:g}",
@@ -172,11 +272,14 @@ def run_study(
         "--no-calibration",
         "--ray-table",  # the trial start and end lines below are Ray's
     ]  # fmt: skip
+    if not reuse_actors:
+        command.append("--no-reuse-actors")
     lines: list[str] = []
     marks: dict[str, float] = {}
     concurrency = None
     pending_trial = None
     with tempfile.TemporaryDirectory(prefix="bench-study-") as workdir:
+        launched_at = time.time()
         begin = time.perf_counter()
         process = subprocess.Popen(
             command, cwd=workdir, env=study_environment(), text=True,
@@ -206,9 +309,10 @@ def run_study(
                 print(f"[{now - started:6.1f} s] study: {progress}", flush=True)
         returncode = process.wait()
         seconds = time.perf_counter() - begin
-    if returncode != 0:
-        print("\n".join(lines[-LOG_TAIL_LINES:]))
-        raise SystemExit(f"sgstudy run failed with exit status {returncode}")
+        if returncode != 0:
+            print("\n".join(lines[-LOG_TAIL_LINES:]))
+            raise SystemExit(f"sgstudy run failed with exit status {returncode}")
+        costs = trial_costs(Path(workdir))
     phases = {}
     if "ready" in marks and "results" in marks:
         phases = {
@@ -216,7 +320,33 @@ def run_study(
             "trials (Tune)": marks["results"] - marks["ready"],
             "shutdown": begin + seconds - marks["results"],
         }
-    return seconds, phases, concurrency, lines
+    startup = min(cost.entered for cost in costs) - launched_at if costs else None
+    return StudyRun(seconds, phases, concurrency, lines, startup, costs)
+
+
+def print_costs(study: StudyRun) -> None:
+    """The trials' fixed costs, the start-up, and each against its target."""
+    print("\nfixed cost per trial, measured inside the trials (seconds; # = trials the worker "
+          "process ran before)")  # fmt: skip
+    print(f"{'trial':<10} {'worker pid':>10} {'#':>2} {'setup':>7} {'teardown':>9} "
+          f"{'hand-over':>9} {'fixed':>7}")  # fmt: skip
+    for cost in study.costs:
+        handover = "-" if cost.handover is None else f"{cost.handover:.2f}"
+        fixed = "-" if cost.fixed is None else f"{cost.fixed:.2f}"
+        print(f"{cost.variant:<10} {cost.pid:>10} {cost.worker_trial:>2} {cost.setup:>7.2f} "
+              f"{cost.teardown:>9.2f} {handover:>9} {fixed:>7}")  # fmt: skip
+    if study.startup is not None:
+        print(f"sgstudy run start-up (command start to the first trial's entry): "
+              f"{study.startup:.1f} s; target <= {STARTUP_TARGET_S:g} s")  # fmt: skip
+    reused = [cost.fixed for cost in study.costs if cost.fixed is not None]
+    if reused:
+        mean = sum(reused) / len(reused)
+        print(f"fixed cost per trial after warm-up (reused worker): mean {mean:.2f} s, max "
+              f"{max(reused):.2f} s over {len(reused)} trials; target <= "
+              f"{FIXED_COST_TARGET_S:g} s")  # fmt: skip
+    fresh = [cost.setup + cost.teardown for cost in study.costs if cost.fixed is None]
+    print(f"setup + teardown of a trial in a fresh worker: mean {sum(fresh) / len(fresh):.2f} s "
+          f"over {len(fresh)} trials (process start and Tune's actor creation not included)")  # fmt: skip
 
 
 def check_same_results(sequential: list[TrialRow], study_lines: list[str], epochs: int) -> None:
@@ -243,7 +373,20 @@ def main() -> None:
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--study-log", help="also write the output of sgstudy run to this file")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help=f"the demo's study: {DEMO_DATA} and {DEMO_EPOCHS} epochs (overrides --data, --epochs)",
+    )
+    parser.add_argument(
+        "--no-reuse-actors", action="store_true", help="a fresh worker process for every trial"
+    )
     args = parser.parse_args()
+    if args.demo:
+        if not (DEMO_DATA / "VG-SGG-with-attri.h5").is_file():
+            raise SystemExit(f"error: {DEMO_DATA} has no dataset: run `make demo` once")
+        args.data, args.epochs = str(DEMO_DATA), DEMO_EPOCHS
+    size = "demo" if args.demo else "micro" if args.data is None else None
     started = time.perf_counter()
     threads = trial_threads(args.cpus_per_trial)
     with tempfile.TemporaryDirectory(prefix="bench-study-data-") as tmp:
@@ -258,14 +401,17 @@ def main() -> None:
         configs = trial_configs(data_root, args.seed, args.epochs)
         print(f"{STUDY}: {len(configs)} trials ({', '.join(v for v, _ in configs)}), preset "
               f"{PRESET}, seed {args.seed}, {args.epochs} epochs; {os.cpu_count()} CPUs, "
-              f"{args.cpus_per_trial:g} CPU and {threads} torch thread(s) per trial")  # fmt: skip
+              f"{args.cpus_per_trial:g} CPU and {threads} torch thread(s) per trial; "
+              f"actor reuse {'off' if args.no_reuse_actors else 'on'}")  # fmt: skip
         sequential_seconds, rows = run_sequential(configs, threads, started)
-        study_seconds, phases, concurrency, lines = run_study(
-            data_root, args.seed, args.epochs, args.cpus_per_trial, started
-        )
+        study = run_study(
+            data_root, args.seed, args.epochs, args.cpus_per_trial, started,
+            reuse_actors=not args.no_reuse_actors,
+        )  # fmt: skip
     if args.study_log:
-        Path(args.study_log).write_text("\n".join(lines) + "\n")
-    check_same_results(rows, lines, args.epochs)
+        Path(args.study_log).write_text("\n".join(study.lines) + "\n")
+    check_same_results(rows, study.lines, args.epochs)
+    concurrency = study.concurrency
     if concurrency is None:  # the study line changed: size it as the study does, by CPUs
         concurrency = max(1, math.floor((os.cpu_count() or 1) / args.cpus_per_trial + 1e-9))
     parallel = min(len(configs), concurrency)
@@ -274,10 +420,12 @@ def main() -> None:
     print(f"{'sequential, one process (no Ray/MLflow/Optuna)':<48} {1:>7} "
           f"{sequential_seconds:>9.1f}")  # fmt: skip
     print(f"{'ideal study (sequential / at once)':<48} {parallel:>7} {ideal:>9.1f}")
-    print(f"{'sgstudy run (local Ray, MLflow, Optuna)':<48} {parallel:>7} {study_seconds:>9.1f}")
-    for phase, seconds in phases.items():
+    print(f"{'sgstudy run (local Ray, MLflow, Optuna)':<48} {parallel:>7} {study.seconds:>9.1f}")
+    for phase, seconds in study.phases.items():
         print(f"{'  ' + phase:<48} {'':>7} {seconds:>9.1f}")
-    print(f"platform overhead (study / ideal): {study_seconds / ideal:.2f}x")
+    print_costs(study)
+    target = f"; target <= {RATIO_TARGET[size]:g}x for the {size} study" if size else ""
+    print(f"platform overhead (study / ideal): {study.seconds / ideal:.2f}x{target}")
 
 
 if __name__ == "__main__":

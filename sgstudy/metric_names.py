@@ -36,6 +36,11 @@ PAIR_RANK = "pair_rank"
 ALIGN_GRAD_RATIO = "align_grad_ratio"
 DIAGNOSTICS: tuple[str, ...] = (PAIR_RANK, ALIGN_GRAD_RATIO)
 
+# A trial's fixed cost, measured inside it (``trainables.trial``), logged at step 0: its
+# function's entry to the start of its first epoch, and its last epoch's end to its run's end.
+TRIAL_SETUP_S = "trial_setup_s"
+TRIAL_TEARDOWN_S = "trial_teardown_s"
+
 # The metric a study optimises and the reports sort by.
 PRIMARY_METRIC = "mR_50"
 

@@ -16,6 +16,12 @@ STUDY_TAG = "sgstudy.study"
 TRIAL_ID_TAG = "sgstudy.trial_id"
 NODE_ID_TAG = "sgstudy.node_id"
 PARENT_TAG = "mlflow.parentRunId"
+# The worker process a trial ran in and how many trials it had started before (0: a fresh
+# process; more: Tune reused the process, see ``trainables.study``), and the wall-clock time
+# (Unix seconds) the trial's function was entered.
+WORKER_PID_TAG = "sgstudy.worker_pid"
+WORKER_TRIAL_TAG = "sgstudy.worker_trial"
+TRIAL_ENTERED_TAG = "sgstudy.trial_entered_at"
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"
 

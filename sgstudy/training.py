@@ -13,6 +13,7 @@ is wrapped in DDP, the training data sharded, and evaluation runs on rank 0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -54,6 +55,7 @@ from sgstudy.evaluation.sgg_eval import (
     SceneGraphEvaluator,
     per_predicate_artifact,
 )
+from sgstudy.loaded_data import LOADED
 from sgstudy.metric_names import PAIR_RANK
 from sgstudy.models import build_model
 from sgstudy.models.diagnostics import RepresentationProbe
@@ -80,8 +82,31 @@ def is_main_process() -> bool:
 
 
 def load_split(config: RunConfig, split: str) -> Dataset:
-    """The split of ``config``'s dataset in the layout its model's task reads."""
-    return pipeline_of(config).load_split(config, split)
+    """The split of ``config``'s dataset in the layout its model's task reads; parsed once
+    per process and dataset state (``sgstudy.loaded_data``)."""
+    return LOADED.get(
+        config.data.root,
+        ("split", split, *data_key(config)),
+        lambda: pipeline_of(config).load_split(config, split),
+    )
+
+
+def load_statistics(config: RunConfig, train_set: Dataset) -> Any:
+    """The training statistics of ``config``'s dataset (``train_set`` is its train split);
+    counted once per process and dataset state."""
+    return LOADED.get(
+        config.data.root,
+        ("statistics", *data_key(config)),
+        lambda: pipeline_of(config).compute_statistics(train_set),
+    )
+
+
+def data_key(config: RunConfig) -> tuple[Any, ...]:
+    """What a split is built from: the task's layout, the data config (the loader's worker
+    count aside), the seed, and the image cache's folder when the config leaves it open."""
+    data = dataclasses.replace(config.data, num_workers=None)
+    cache = str(default_cache_root()) if data.image_cache and not data.image_cache_dir else None
+    return tasks.task_of(config.model.name).name, data, config.seed, cache
 
 
 def load_scene_graph_split(config: RunConfig, split: str) -> SceneGraphDataset:
@@ -246,9 +271,8 @@ class TrainingSession:
     ) -> TrainingSession:
         seed_everything(config.seed)
         device = device or resolve_device(config.device)
-        pipeline = pipeline_of(config)
-        train_set = pipeline.load_split(config, "train")
-        statistics = pipeline.compute_statistics(train_set)
+        train_set = load_split(config, "train")
+        statistics = load_statistics(config, train_set)
         model = build_model(config.model, statistics).to(device)
         distributed = dist.is_initialized()
         # The shuffling order depends on (seed, epoch) only, so a resumed run sees the same batches.

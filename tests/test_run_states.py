@@ -94,17 +94,19 @@ def test_an_interrupted_trial_ends_killed(store):
 
 def test_settle_ends_every_run_a_stopped_launch_left_running(store):
     """Runs whose worker died cannot end themselves: the driver ends the errored trial's
-    run FAILED with Tune's reason and traceback, and the others KILLED; finished runs stay."""
+    run FAILED with Tune's reason and traceback, a trial Tune holds every epoch of (stopped on
+    its last one, its worker ended first) FINISHED, and the others KILLED; finished runs stay."""
     client, study_run = store
-    died, waiting, done = (tracker_for(client, study_run, t) for t in ("t4", "t5", "t6"))
+    trials = ("t4", "t5", "t6", "t7")
+    died, waiting, done, _ = (tracker_for(client, study_run, t) for t in trials)
     tracking.end_run(client, done.run_id, tracking.FINISHED)
     reason = "RayActorError: The actor died unexpectedly before finishing this task."
-    settle_runs(study_run, {"t4": (reason, "Failure # 1\nTraceback ...")})
+    settle_runs(study_run, {"t4": (reason, "Failure # 1\nTraceback ...")}, frozenset({"t7"}))
     statuses = {
         run.data.tags[TRIAL_ID_TAG]: run.info.status
         for run in tracking.trial_runs(client, study_run)
     }
-    assert statuses == {"t4": "FAILED", "t5": "KILLED", "t6": "FINISHED"}
+    assert statuses == {"t4": "FAILED", "t5": "KILLED", "t6": "FINISHED", "t7": "FINISHED"}
     assert client.get_run(died.run_id).data.tags[tracking.FAILURE_TAG] == reason
     assert waiting.run_id and not tracking.trial_runs(client, study_run, status="RUNNING")
 

@@ -90,6 +90,7 @@ def options_from_args(args: argparse.Namespace) -> object:
         max_failures=args.max_failures,
         log_checkpoints=args.log_checkpoints,
         detector=args.detector,
+        reuse_actors=not args.no_reuse_actors,
         # Ray's status table only when asked: one line per finished trial is printed anyway.
         verbose=1 if args.ray_table else 0,
     )
@@ -258,6 +259,12 @@ def add_launch_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial")
     p.add_argument(
         "--log-checkpoints", action="store_true", help="store final checkpoints in MLflow"
+    )
+    p.add_argument(
+        "--no-reuse-actors",
+        action="store_true",
+        help="start a fresh worker process for every trial (default: a finished trial's "
+        "worker runs the next one)",
     )
     p.add_argument(
         "--calibration-steps",

@@ -20,7 +20,7 @@ from sgstudy.config import PRESETS, RunConfig
 from sgstudy.errors import ConfigError, UserError
 from sgstudy.paths import check_plain_name, check_writable_folder
 from sgstudy.tasks import REFERRING_FORMAT, SCENE_GRAPH, TASKS, VG150_FORMAT
-from trainables.trial import FAIL_ONCE_KEY, TRIAL_KEYS
+from trainables.trial import FAIL_ONCE_KEY, START_STATE_KEY, TRIAL_KEYS
 
 SCHEDULERS = ("asha",)
 OPTUNA_DB = "optuna.db"
@@ -38,6 +38,8 @@ class StudyOptions:
     fail_once_at_epoch: fault injection for testing retries: every trial raises once after
              reporting this epoch and is retried from its checkpoint
     detector: a trained detector checkpoint every trial uses (needed by SGDet studies)
+    reuse_actors: a finished trial's worker process runs the next trial (Tune's actor reuse)
+    log_start_state: every trial tags its run with digests of its starting state (diagnostics)
     """
 
     study: str
@@ -62,6 +64,8 @@ class StudyOptions:
     log_checkpoints: bool = False
     verbose: int = 1
     detector: str | None = None
+    reuse_actors: bool = True
+    log_start_state: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,8 @@ def plan_study(options: StudyOptions) -> StudyPlan:
         if not 1 <= options.fail_once_at_epoch <= epochs:
             raise ConfigError(f"fail_once_at_epoch must be in [1, {epochs}]")
         param_space[FAIL_ONCE_KEY] = options.fail_once_at_epoch
+    if options.log_start_state:
+        param_space[START_STATE_KEY] = True
     check_trial_configs(spec, seeds, param_space)
     launch = check_plain_name(options.name or spec.name, "launch name")
     storage = storage_location(options.storage_path)

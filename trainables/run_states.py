@@ -64,14 +64,22 @@ def end_failed_run(study_run: tracking.StudyRun, trial_id: str, reason: str, tex
         tracking.record_failure(client, run_id, reason, text)
 
 
-def settle_runs(study_run: tracking.StudyRun, errored: dict[str, tuple[str, str]]) -> None:
+def settle_runs(
+    study_run: tracking.StudyRun,
+    errored: dict[str, tuple[str, str]],
+    completed: frozenset[str] = frozenset(),
+) -> None:
     """Ends every child run the launch left RUNNING: FAILED (with the reason) for the
-    trials in ``errored`` (trial id -> reason, traceback), KILLED for the others."""
+    trials in ``errored`` (trial id -> reason, traceback), FINISHED for the trials in
+    ``completed`` (Tune has their last epoch: a scheduler stopped them there, and their
+    worker was ended before they could end their run), KILLED for the others."""
     client = tracking.make_client(study_run.tracking_uri)
     for run in tracking.trial_runs(client, study_run, status=tracking.RUNNING):
         trial_id = run.data.tags.get(TRIAL_ID_TAG, "")
         if trial_id in errored:
             tracking.record_failure(client, run.info.run_id, *errored[trial_id])
+        elif trial_id in completed:
+            tracking.end_run(client, run.info.run_id, tracking.FINISHED)
         else:
             tracking.end_run(client, run.info.run_id, tracking.KILLED)
 

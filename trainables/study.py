@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,8 +92,15 @@ def run_study(options: StudyOptions) -> StudyOutcome:
         finished = check_resume(plan)
         if finished is not None:
             return finished
-    started_ray = connect_ray(options.address)
+    from sgstudy import tracking
+
+    # Ray's start is mostly waiting for its processes; meanwhile a thread opens the MLflow
+    # store (a new SQLite store runs its schema migrations, seconds of work).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        store = pool.submit(tracking.make_client, plan.tracking_uri)
+        started_ray = connect_ray(options.address)
     try:
+        store.result()
         return run_planned(plan)
     finally:
         if started_ray:
@@ -186,6 +194,7 @@ def run_planned(plan: StudyPlan) -> StudyOutcome:
     import ray
 
     from sgstudy import tracking
+    from trainables.launch_state import SaveOnTrialStart
     from trainables.run_states import RunStateCallback
 
     options = plan.options
@@ -213,7 +222,8 @@ def run_planned(plan: StudyPlan) -> StudyOutcome:
         train_storage=f"{plan.experiment_path}-data-parallel",
         log_checkpoint=options.log_checkpoints,
     )
-    tuner = build_tuner(plan, settings, max_concurrent, [RunStateCallback(study_run)])
+    callbacks = [RunStateCallback(study_run), SaveOnTrialStart()]
+    tuner = build_tuner(plan, settings, max_concurrent, callbacks)
     print(
         f"study {plan.spec.name}: {plan.num_samples} trials, up to {max_concurrent} at once; "
         f"MLflow {plan.tracking_uri} (experiment {experiment_id}, parent run {parent_run_id})",
@@ -262,7 +272,12 @@ def finish_launch(plan: StudyPlan, study_run: Any, results: Any) -> StudyOutcome
         for result in results
         if result.error is not None
     }
-    settle_runs(study_run, errored)
+    completed = frozenset(
+        str(result.metrics.get("trial_id") or "")
+        for result in results
+        if result.error is None and int((result.metrics or {}).get(EPOCH_KEY, 0)) >= plan.epochs
+    )
+    settle_runs(study_run, errored, completed)
     client = tracking.make_client(study_run.tracking_uri)
     failed_runs = describe_failed(client, study_run, errored)
     complete = results.num_terminated == plan.num_samples and results.num_errors == 0
@@ -398,6 +413,10 @@ def build_tuner(
             scheduler=build_scheduler(plan),
             num_samples=plan.num_samples,
             max_concurrent_trials=max_concurrent,
+            # A finished trial's worker process runs the next one: no process start, no
+            # imports, no CUDA context per trial (what each trial must not inherit is reset
+            # in trainables.trial).
+            reuse_actors=plan.options.reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=plan.launch,

@@ -14,12 +14,19 @@ logs. The Train run is named after the trial, so a retried trial resumes its Tra
 A trial's checkpoint holds the session checkpoint and ``trial.json``: the MLflow run id and
 the per-epoch results so far, with which a restarted trial continues its own MLflow run and
 fills in any epoch that reached Tune but not MLflow.
+
+Tune reuses a finished trial's worker process for the next trial (``reuse_actors`` in
+``trainables.study``); what a trial must not inherit from the worker's previous one is reset
+as ``trainables.worker`` describes. Each child run records its fixed cost, measured here
+(``TRIAL_SETUP_S``, ``TRIAL_TEARDOWN_S``), and the worker process and how many trials it had
+started before (``WORKER_PID_TAG``, ``WORKER_TRIAL_TAG``).
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +34,7 @@ from typing import Any
 
 from sgstudy import __version__
 from sgstudy.config import RunConfig
-from sgstudy.metric_names import TOTAL_LOSS
+from sgstudy.metric_names import TOTAL_LOSS, TRIAL_SETUP_S, TRIAL_TEARDOWN_S
 from sgstudy.tasks import task_of
 from sgstudy.tracking_layout import (
     DATASET_FINGERPRINT_PARAM,
@@ -37,13 +44,18 @@ from sgstudy.tracking_layout import (
     STUDY_PARAM,
     VERSION_PARAM,
 )
+from trainables.worker import TrialEntry, prepare_worker, release_memory, start_state
 
 # Tune config keys that belong to the trial, not to the run config.
 VARIANT_KEY = "variant"
 # Fault injection for testing retries: the trial raises right after reporting this epoch's
 # checkpoint, unless it was itself restored from a checkpoint, so it fails exactly once.
 FAIL_ONCE_KEY = "fail_once_at_epoch"
-TRIAL_KEYS = (VARIANT_KEY, FAIL_ONCE_KEY)
+# Diagnostics: the trial tags its run with digests of the state its first step starts from
+# (``trainables.worker.START_STATE_TAGS``), to compare a trial in a reused worker with one in
+# a fresh process.
+START_STATE_KEY = "log_start_state"
+TRIAL_KEYS = (VARIANT_KEY, FAIL_ONCE_KEY, START_STATE_KEY)
 
 SESSION_FILE = "checkpoint.pt"
 STATE_FILE = "trial.json"
@@ -116,9 +128,11 @@ def run_name(config: RunConfig, knobs: dict[str, Any]) -> str:
 
 def train_scene_graph(config: dict[str, Any], settings: TrialSettings) -> None:
     """Ray Tune function trainable: one (variant, seed) of a study, epoch by epoch."""
+    entry = TrialEntry.now()
     run_config, knobs = split_config(config)
     from ray import tune
 
+    prepare_worker()
     trial_id = tune.get_context().get_trial_id()
     if settings.workers_per_trial > 1:
         run_data_parallel(config, settings, trial_id)
@@ -128,12 +142,13 @@ def train_scene_graph(config: dict[str, Any], settings: TrialSettings) -> None:
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(values, checkpoint=checkpoint)
 
+    args = (run_config, knobs, settings, trial_id)
     restored = tune.get_checkpoint()
     if restored is None:
-        run_epochs(run_config, knobs, settings, trial_id, None, report, lead=True)
+        run_epochs(*args, None, report, lead=True, entry=entry)
         return
     with restored.as_directory() as directory:
-        run_epochs(run_config, knobs, settings, trial_id, Path(directory), report, lead=True)
+        run_epochs(*args, Path(directory), report, lead=True, entry=entry)
 
 
 def run_epochs(
@@ -145,16 +160,19 @@ def run_epochs(
     report: Callable[[dict[str, Any], Path | None], None],
     lead: bool,
     device: Any = None,
+    entry: TrialEntry | None = None,
 ) -> None:
     """The epoch loop shared by plain and data-parallel trials.
 
     ``restored`` is the checkpoint directory the attempt starts from (``None``: fresh).
     ``report(values, checkpoint_dir)`` hands an epoch to Ray; every rank calls it, but only
     the ``lead`` (rank 0) writes checkpoints and logs to MLflow. ``device`` overrides the
-    run config's choice (a data-parallel worker's own GPU).
+    run config's choice (a data-parallel worker's own GPU). ``entry``: when the trial began
+    (default: now), from which its setup time is measured.
     """
     from sgstudy.training import TrainingSession
 
+    entry = entry or TrialEntry.now()
     state = TrialState.load(restored)
     session_file = restored / SESSION_FILE if restored else None
     session = TrainingSession.start(
@@ -162,11 +180,16 @@ def run_epochs(
         session_file if session_file and session_file.is_file() else None,
         device=device,
     )
+    start_tags = start_state(session) if knobs.get(START_STATE_KEY) else {}
     tracker = open_tracker(settings, trial_id, run_config, knobs, state, session) if lead else None
+    session_device = session.device
     try:
+        if tracker is not None:
+            tracker.log_start(entry, start_tags)
         if session.done and state.history:
             # Finished before the driver recorded it: hand Tune the last result, train nothing.
             report(state.history[-1], None)
+        stopped: SystemExit | None = None
         while not session.done:
             result = session.run_epoch()
             values = {**result.metrics, **result.losses, EPOCH_KEY: result.epoch}
@@ -175,17 +198,38 @@ def run_epochs(
                     state.history.append(values)
                     session.save(Path(out) / SESSION_FILE)
                     state.save(Path(out))
-                report(values, Path(out) if lead else None)
+                try:
+                    report(values, Path(out) if lead else None)
+                except SystemExit as exc:
+                    # Tune stopped the trial on this result (its scheduler's decision, e.g.
+                    # ASHA at max_t): Tune holds the epoch, so MLflow gets it too, and a trial
+                    # that trained every epoch ends FINISHED rather than KILLED. The thread
+                    # still ends by this exit: returning would make Tune's wrapper report
+                    # once more and wait for a step that never comes.
+                    if tracker is not None:
+                        tracker.log_epoch(values, result.per_predicate)
+                    if not session.done:
+                        raise
+                    stopped = exc
+                    break
             if tracker is not None:
                 tracker.log_epoch(values, result.per_predicate)
             if knobs.get(FAIL_ONCE_KEY) == result.epoch and restored is None:
                 raise InjectedFailure(f"{FAIL_ONCE_KEY}={result.epoch}: failing once, as asked")
-        if tracker is not None:
-            tracker.finish(session)
+        trained = time.perf_counter()
+        if tracker is not None and settings.log_checkpoint:
+            tracker.log_checkpoint(session)
     except BaseException as exc:
         if tracker is not None:
             tracker.stop(exc)
         raise
+    finally:
+        del session  # the model, optimiser and data go with it (the loaders' workers too)
+        release_memory(session_device, first_trial=entry.index == 0)
+    if tracker is not None:
+        tracker.finish(time.perf_counter() - trained)
+    if stopped is not None:
+        raise stopped
 
 
 class TrialTracker:
@@ -223,13 +267,33 @@ class TrialTracker:
             epoch = int(values[EPOCH_KEY])
             tracking.log_epoch(self.client, self.run_id, epoch, values, self.logged)
 
-    def finish(self, session: Any) -> None:
+    def log_start(self, entry: TrialEntry, start_tags: dict[str, str]) -> None:
+        """The worker process, the trial's entry time and its setup time (entry to now, just
+        before the first epoch), with the ``START_STATE_TAGS`` when asked for. A retried
+        trial's attempts each add theirs (the tags and the metric's latest value: the last)."""
+        from mlflow.entities import RunTag
+
+        tags = [RunTag(key, value) for key, value in {**entry.tags(), **start_tags}.items()]
+        self.log_cost(TRIAL_SETUP_S, time.perf_counter() - entry.clock, tags)
+
+    def log_cost(self, key: str, seconds: float, tags: list[Any] | None = None) -> None:
+        from mlflow.entities import Metric
+
+        metric = Metric(key, seconds, int(time.time() * 1000), 0)
+        self.client.log_batch(self.run_id, metrics=[metric], tags=tags or [])
+
+    def log_checkpoint(self, session: Any) -> None:
         from sgstudy import tracking
 
-        if self.settings.log_checkpoint:
-            with tempfile.TemporaryDirectory() as out:
-                session.save(Path(out) / SESSION_FILE)
-                tracking.log_file(self.client, self.run_id, Path(out) / SESSION_FILE)
+        with tempfile.TemporaryDirectory() as out:
+            session.save(Path(out) / SESSION_FILE)
+            tracking.log_file(self.client, self.run_id, Path(out) / SESSION_FILE)
+
+    def finish(self, teardown_s: float) -> None:
+        """Records the teardown (last epoch's end to here) and ends the run FINISHED."""
+        from sgstudy import tracking
+
+        self.log_cost(TRIAL_TEARDOWN_S, teardown_s)
         tracking.end_run(self.client, self.run_id, tracking.FINISHED)
 
     def stop(self, exc: BaseException) -> None:
@@ -345,11 +409,13 @@ def data_parallel_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report(values if lead else {}, checkpoint=checkpoint)
 
     # Ray Train pins each worker to its own GPU; "auto" would pick cuda:0 on every worker.
+    entry = TrialEntry.now()
+    prepare_worker()
     device = ray.train.torch.get_device() if loop_config["settings"].gpus_per_worker else None
     restored = ray.train.get_checkpoint()
     args = (run_config, knobs, loop_config["settings"], loop_config["trial_id"])
     if restored is None:
-        run_epochs(*args, None, report, lead=lead, device=device)
+        run_epochs(*args, None, report, lead=lead, device=device, entry=entry)
         return
     with restored.as_directory() as directory:
-        run_epochs(*args, Path(directory), report, lead=lead, device=device)
+        run_epochs(*args, Path(directory), report, lead=lead, device=device, entry=entry)
