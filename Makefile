@@ -40,6 +40,7 @@ bench: $(STAMP) $(DATA)/VG-SGG-with-attri.h5
 	$(BIN)/python benchmarks/bench_train.py --data $(DATA)
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_study.py
+	$(BIN)/python benchmarks/bench_study.py --demo
 
 clean:
 	rm -rf $(VENV) $(DATA) mlflow.db optuna.db ray_results reports_out mlartifacts runs
