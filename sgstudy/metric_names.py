@@ -25,7 +25,18 @@ DSG_LOSS_TERMS: tuple[str, ...] = (
     "loss_rpn_objectness", "loss_rpn_box", "loss_box", "loss_rrc", "loss_rrc_raw",
     "loss_entity", "loss_relation", "loss_entity_gt", "loss_relation_gt",
 )  # fmt: skip
-LOSS_TERMS: tuple[str, ...] = ("loss_rel", "loss_obj", "loss_align", *DSG_LOSS_TERMS)
+# SGTR's unweighted terms (sgstudy.models.sgtr.criterion.loss_weights): the last level's and
+# the earlier levels' (``loss_aux_``) predicate, relation-vector and indicator terms.
+SGTR_LOSS_TERMS: tuple[str, ...] = tuple(
+    f"loss_{level}{term}"
+    for level in ("", "aux_")
+    for term in (
+        "predicate", "relation_vector", "indicator_class", "indicator_l1", "indicator_giou",
+    )
+)  # fmt: skip
+LOSS_TERMS: tuple[str, ...] = (
+    "loss_rel", "loss_obj", "loss_align", *SGTR_LOSS_TERMS, *DSG_LOSS_TERMS,
+)  # fmt: skip
 TOTAL_LOSS = "loss"
 
 # Collapse and balance diagnostics, per epoch (sgstudy.models.diagnostics):

@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 import torch
 
+from sgstudy import metric_names
 from sgstudy.config import AlignConfig, ModelConfig
 from sgstudy.errors import ConfigError
 from sgstudy.models import build_model
@@ -61,6 +62,9 @@ def test_forward_backward_and_predictions():
     images, targets = batch()
     losses = model(images, targets)
     assert set(model.loss_weights) == set(losses)
+    # Every term has its column in the reports' runs.csv.
+    assert set(losses) <= set(metric_names.LOSS_TERMS)
+    assert set(losses) - {"loss_align"} == set(metric_names.SGTR_LOSS_TERMS)
     assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
     total = sum(model.loss_weights[name] * value for name, value in losses.items())
     total.backward()
