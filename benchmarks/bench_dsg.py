@@ -22,10 +22,9 @@ import argparse
 import statistics
 
 import torch
-from bench_train import CLOCKS, time_steps
+from bench_train import CLOCKS, add_timing_flags, time_steps, timing_device
 
 from sgstudy.config import RunConfig
-from sgstudy.engine import resolve_device
 from sgstudy.models.dsg.complexity import complexity_table, format_complexity_table
 
 SUPPLEMENT_RATIO = 1.15
@@ -49,20 +48,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="timings per variant, alternating")
-    parser.add_argument(
-        "--clock", default="wall", choices=tuple(CLOCKS),
-        help="wall time, or this process's CPU time (a shared CPU does not inflate it)",
-    )  # fmt: skip
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    add_timing_flags(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    print(
-        f"device: {device}, torch threads: {torch.get_num_threads()}, preset: {args.preset}, "
-        f"clock: {args.clock}"
-    )
+    device = timing_device(args)
     times: dict[str, list[float]] = {"no-dsg": [], "dsg": []}
     for repeat in range(args.repeats):
         # Repeat in alternating order and take the median: on a shared machine single timings
