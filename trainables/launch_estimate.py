@@ -128,12 +128,14 @@ def estimate_launch(
     )  # fmt: skip
 
 
-def format_duration(seconds: float) -> str:
+def format_duration(seconds: float, decimals: int = 1) -> str:
+    """Seconds below 2 min, minutes below 2 h, else hours; ``decimals`` for seconds, one more
+    for hours (the progress lines use 0, the plan 1)."""
     if seconds < 120:
-        return f"{seconds:.1f} s"
+        return f"{seconds:.{decimals}f} s"
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
+    return f"{seconds / 3600:.{decimals + 1}f} h"
 
 
 def format_plan(estimate: LaunchEstimate) -> str:

@@ -18,17 +18,10 @@ from ray.tune import Callback
 
 from sgstudy.metric_names import display_name
 from sgstudy.tracking_ui import trial_run_name
+from trainables.launch_estimate import format_duration
 
 LINE_METRICS = ("mR_50", "mR_100")
 DONE_STATES = ("TERMINATED", "ERROR")
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def progress_line(
@@ -40,14 +33,14 @@ def progress_line(
         f"{display_name(key)} {100 * metrics[key]:.1f}" for key in LINE_METRICS if key in metrics
     )
     outcome = "FAILED" if failed else (scores or "no metrics")
-    took = f" in {format_duration(seconds)}" if seconds is not None else ""
+    took = f" in {format_duration(seconds, 0)}" if seconds is not None else ""
     if done >= total:
         eta = "launch done"
     elif eta_s is None:
         eta = "launch ETA unknown"
     else:
         end = (now + timedelta(seconds=eta_s)).strftime("%H:%M %Z").strip()
-        eta = f"launch ETA {format_duration(eta_s)} ({end})"
+        eta = f"launch ETA {format_duration(eta_s, 0)} ({end})"
     return f"trial {done}/{total} {name}: {outcome}{took}; {eta}"
 
 
