@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from sgstudy.errors import UserError
 from sgstudy.metric_names import (
@@ -22,7 +22,10 @@ from sgstudy.metric_names import (
     display_name,
     recall_key,
 )
-from sgstudy.tasks import REFERRING, Task
+from sgstudy.tasks import REFERRING, SCENE_GRAPH, Task, dsg_label, task_of
+
+if TYPE_CHECKING:
+    from sgstudy.config import RunConfig
 
 EXIT_USAGE = 2
 
@@ -212,6 +215,15 @@ def run_config_from_args(args: argparse.Namespace) -> object:
     return RunConfig.from_flat(flat)
 
 
+def run_title(config: RunConfig) -> str:
+    """``motifs predcls`` for scene graphs; ``dsg no-DSG`` for referring relationships, whose
+    runs have no protocol but a variant."""
+    if task_of(config.model.name).name == SCENE_GRAPH:
+        return f"{config.model.name} {config.model.protocol}"
+    dsg = config.model.dsg
+    return f"{config.model.name} {dsg_label(dsg.variant, dsg.gpi_aggregation)}"
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from sgstudy.engine import unwrap
     from sgstudy.paths import check_writable_folder
@@ -255,11 +267,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if result is None:
         print(f"{out} already holds {session.epoch} epochs; nothing to train")
         return
-    print(
-        format_task_metrics(
-            session.task, result.metrics, f"\n{config.model.name} {config.model.protocol}, val"
-        )
-    )
+    print(format_task_metrics(session.task, result.metrics, f"\n{run_title(config)}, val"))
     print(f"run written to {out}")
 
 
@@ -284,7 +292,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             "per_predicate": session.pipeline.artifact_of(result, session.statistics),
         },
     )
-    title = f"{config.model.name} {config.model.protocol}, {args.split} (epoch {session.epoch})"
+    title = f"{run_title(config)}, {args.split} (epoch {session.epoch})"
     print(format_task_metrics(session.task, result.metrics, title))
 
 
