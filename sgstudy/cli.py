@@ -64,6 +64,15 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
         args.image_size,
         args.seed,
         progress=True,
+        # Unset flags keep the generator's defaults (not imported here: the CLI starts light).
+        **{
+            name: value
+            for name, value in (
+                ("test_fraction", args.test_fraction),
+                ("val_fraction", args.val_fraction),
+            )
+            if value is not None
+        },
     )
     print(f"synthetic dataset written to {out}")
 
@@ -427,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--num-images", type=int, default=2000)
     synth.add_argument("--image-size", type=int, default=128)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--test-fraction", type=float, help="share of images in test (0.3)")
+    synth.add_argument(
+        "--val-fraction", type=float, help="share of the non-test images held out as val (0.15)"
+    )
     synth.set_defaults(handler=cmd_data_synth)
     synth_rr = data_sub.add_parser(
         "synth-rr", help="derive a referring-relationship dataset from a VG150-format one"

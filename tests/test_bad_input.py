@@ -33,6 +33,7 @@ CASES = [
     (["data", "synth", "--out", "out", "--num-images", "1"], "num_images must be >= 2"),
     (["data", "synth", "--out", "out", "--image-size", "4"], "image_size must be >="),
     (["data", "synth", "--out", "out", "--num-images", "many"], "invalid int value"),
+    (["data", "synth", "--out", "out", "--val-fraction", "1"], "val_fraction must be between"),
     (["data", "synth"], "--out"),
     (["data", "check", "{missing}"], "{missing}"),
     (["data", "check", "{file}"], "{file}"),

@@ -16,7 +16,7 @@ from sgstudy.data.statistics import compute_statistics
 from sgstudy.data.synthetic import generate_synthetic_dataset
 from sgstudy.data.synthetic_rules import COLOURS, OBJECT_CLASSES, PREDICATES, SHAPES
 from sgstudy.data.synthetic_scene import PALETTE
-from sgstudy.data.vg_format import H5_NAME, IMAGE_DATA_NAME, META_NAME, read_vg
+from sgstudy.data.vg_format import H5_NAME, IMAGE_DATA_NAME, META_NAME, SPLIT_TEST, read_vg
 from sgstudy.errors import ConfigError
 
 TOLERANCE = 0.02  # the generator's "touching" tolerance, as a share of the longest side
@@ -221,3 +221,25 @@ def test_geometry_beats_the_label_pair_frequency_baseline(medium_root):
 def test_bad_arguments_are_config_errors(tmp_path, num_images, image_size):
     with pytest.raises(ConfigError, match="num_images|image_size"):
         generate_synthetic_dataset(tmp_path, num_images, image_size, progress=False)
+
+
+def test_split_fractions_size_test_and_val_and_keep_every_image(tmp_path):
+    default = generate_synthetic_dataset(tmp_path / "a", 40, 48, progress=False)
+    wider = generate_synthetic_dataset(
+        tmp_path / "b", 40, 48, progress=False, test_fraction=0.5, val_fraction=0.4
+    )
+    split, wider_split = h5_arrays(default)["split"], h5_arrays(wider)["split"]
+    assert (split == SPLIT_TEST).sum() == 12 and (wider_split == SPLIT_TEST).sum() == 20
+    # One permutation of the ids: the larger test split holds the smaller one.
+    assert set(np.flatnonzero(split == SPLIT_TEST)) < set(np.flatnonzero(wider_split == SPLIT_TEST))
+    assert image_bytes(default) == image_bytes(wider)
+    meta = json.loads((wider / META_NAME).read_text())
+    assert meta["num_val_images"] == 8  # 40% of the 20 non-test images
+    assert meta["generator"]["test_fraction"] == 0.5 and meta["generator"]["val_fraction"] == 0.4
+
+
+@pytest.mark.parametrize("fractions", [{"test_fraction": 0.0}, {"val_fraction": 1.0}])
+def test_split_fractions_outside_0_1_are_config_errors(tmp_path, fractions):
+    with pytest.raises(ConfigError, match="fraction must be between 0 and 1"):
+        generate_synthetic_dataset(tmp_path / "x", 10, 48, progress=False, **fractions)
+    assert not (tmp_path / "x").exists()

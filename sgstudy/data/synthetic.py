@@ -6,9 +6,11 @@ and writes the h5, the two json files, ``VG_100K/<image_id>.jpg`` and ``sgstudy_
 
 - Image ids are 1..num_images in h5 order. The longest image side is ``image_size``; the
   other is 75-100% of it.
-- Split: a random 30% of the images are test (``split == 2``), the rest train; the meta
-  file's ``num_val_images`` is 15% of the non-test images (the first of them in h5 order
-  are val, as in VG150).
+- Split: a random ``test_fraction`` (30%) of the images are test (``split == 2``), the rest
+  train; the meta file's ``num_val_images`` is ``val_fraction`` (15%) of the non-test images
+  (the first of them in h5 order are val, as in VG150). The test images are the first of
+  one permutation of the ids, so a larger ``test_fraction`` adds test images and keeps the
+  others; every image's content depends on its index alone.
 - Head/body/tail: ``predicate_groups.partition_by_frequency`` on the annotation counts of
   the training images (non-test minus val): sort predicates by training count; head is the
   shortest prefix holding >= 50% of the annotations, tail the longest suffix holding <= 10%.
@@ -63,12 +65,17 @@ def generate_synthetic_dataset(
     image_size: int = 128,
     seed: int = 0,
     progress: bool = True,
+    test_fraction: float = TEST_FRACTION,
+    val_fraction: float = VAL_FRACTION,
 ) -> Path:
     """Write a synthetic VG150-format dataset into ``out_dir`` (created); returns it."""
     if num_images < 2:
         raise ConfigError(f"num_images must be >= 2, got {num_images}")
     if image_size < MIN_IMAGE_SIZE:
         raise ConfigError(f"image_size must be >= {MIN_IMAGE_SIZE}, got {image_size}")
+    for name, fraction in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0.0 < fraction < 1.0:
+            raise ConfigError(f"{name} must be between 0 and 1 (exclusive), got {fraction}")
     out_dir = Path(out_dir)
     folder = out_dir / IMAGE_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
@@ -79,9 +86,9 @@ def generate_synthetic_dataset(
         scene, jpeg = make_scene(seed, index, image_size)
         image_file(folder, scene.info.image_id).write_bytes(jpeg)
         scenes.append(scene)
-    split = split_field(seed, num_images)
+    split = split_field(seed, num_images, test_fraction)
     data = assemble(scenes, split)
-    write_vg(out_dir, data, meta=_meta(data, seed, image_size))
+    write_vg(out_dir, data, meta=_meta(data, seed, image_size, test_fraction, val_fraction))
     return out_dir
 
 
@@ -137,11 +144,11 @@ def from_box_scale(boxes_1024: np.ndarray, longest_side: int) -> np.ndarray:
     return xyxy * (longest_side / BOX_SCALE)
 
 
-def split_field(seed: int, num_images: int) -> np.ndarray:
-    """(num_images,) int64: a random TEST_FRACTION of the images are test, the rest train."""
+def split_field(seed: int, num_images: int, test_fraction: float) -> np.ndarray:
+    """(num_images,) int64: a random ``test_fraction`` of the images are test, the rest train."""
     rng = np.random.default_rng([seed, num_images, 7])
     split = np.full(num_images, SPLIT_TRAIN, dtype=np.int64)
-    num_test = int(round(TEST_FRACTION * num_images))
+    num_test = int(round(test_fraction * num_images))
     split[rng.permutation(num_images)[:num_test]] = SPLIT_TEST
     return split
 
@@ -171,9 +178,11 @@ def assemble(scenes: list[Scene], split: np.ndarray) -> VGData:
     )
 
 
-def _meta(data: VGData, seed: int, image_size: int) -> dict[str, Any]:
+def _meta(
+    data: VGData, seed: int, image_size: int, test_fraction: float, val_fraction: float
+) -> dict[str, Any]:
     non_test = np.flatnonzero(data.split != SPLIT_TEST)
-    num_val = int(round(VAL_FRACTION * len(non_test)))
+    num_val = int(round(val_fraction * len(non_test)))
     train = non_test[num_val:]
     first, last = data.img_to_first_rel[train], data.img_to_last_rel[train]
     rows = ranges_to_index(np.maximum(first, 0), np.where(first >= 0, last - first + 1, 0))
@@ -190,5 +199,7 @@ def _meta(data: VGData, seed: int, image_size: int) -> dict[str, Any]:
             "seed": seed,
             "num_images": data.num_images,
             "image_size": image_size,
+            "test_fraction": test_fraction,
+            "val_fraction": val_fraction,
         },
     }
