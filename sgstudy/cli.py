@@ -30,6 +30,15 @@ if TYPE_CHECKING:
 EXIT_USAGE = 2
 
 
+def comma_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad flag gives one line (no usage dump) and exit status 2."""
 
@@ -219,6 +228,7 @@ def run_config_from_args(args: argparse.Namespace) -> object:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "lr_steps": args.lr_steps,
     }
     flat.update({k: v for k, v in optim.items() if v is not None})
     return RunConfig.from_flat(flat)
@@ -406,6 +416,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument(
+        "--lr-steps", type=comma_ints, help="epochs after which the lr is multiplied by 0.1"
+    )
     p.add_argument(
         "--num-workers", type=int, help="data loader worker processes (default: CPUs minus one)"
     )

@@ -158,6 +158,11 @@ class OptimConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_iters < 0 or self.weight_decay < 0:
             raise ConfigError("warmup_iters and weight_decay must be >= 0")
+        if any(not 1 <= step < self.epochs for step in self.lr_steps):
+            raise ConfigError(
+                f"lr_steps must be epochs in [1, {self.epochs - 1}] (a drop after the last "
+                f"epoch never acts), got {','.join(map(str, self.lr_steps))}"
+            )
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
 
 

@@ -46,6 +46,8 @@ CASES = [
     (["train", "--data", "{data}", "--out", "/proc/sgstudy-x"], "cannot write in /proc"),
     (["train", "--data", "{data}", "--out", "{file}/run"], "is a file, not a folder"),
     (["train", "--data", "{data}", "--out", "o", "--epochs", "0"], "epochs must be >= 1"),
+    (["train", "--data", "{data}", "--out", "o", "--lr-steps", "4"], "lr_steps must be epochs in"),
+    (["train", "--data", "{data}", "--out", "o", "--lr-steps", "x"], "comma-separated integers"),
     (["train", "--data", "{data}", "--out", "o", "--lr", "-1"], "lr must be > 0"),
     (["train", "--data", "{data}", "--out", "o", "--batch-size", "0"], "batch_size must be"),
     (["train", "--data", "{data}", "--out", "o", "--mask-ratio", "1"], "mask_ratio (p) must"),
@@ -63,6 +65,7 @@ CASES = [
     # run: the study, its grid and the launch name
     (["run", "no-such-study", "--data", "{data}"], "unknown study 'no-such-study'"),
     (["run", STUDY, "--data", "{data}", "--values", "1.5"], "outside [0, 1)"),
+    (["run", STUDY, "--data", "{data}", "--epochs", "3", "--lr-steps", "3"], "lr_steps must be"),
     (["run", "align-motifs-lambda", "--data", "{data}", "--values", "1e39"], "align_weight (λ)"),
     (["run", "align-motifs-lambda", "--data", "{data}", "--values", "nan"], "align_weight (λ)"),
     (["run", "align-motifs-lambda", "--data", "{data}", "--values=-1"], "align_weight (λ)"),

@@ -14,7 +14,14 @@ from sgstudy.metric_names import (
 
 def test_flat_round_trip_keeps_every_value():
     config = RunConfig.from_flat(
-        {"align": True, "mask_ratio": 0.2, "align_weight": 50, "seed": 3, "lr_steps": "3,5"}
+        {
+            "align": True,
+            "mask_ratio": 0.2,
+            "align_weight": 50,
+            "seed": 3,
+            "lr_steps": "3,5",
+            "epochs": 6,
+        }
     )
     assert config.model.align.enabled and config.model.align.mask_ratio == 0.2
     assert config.model.align.weight == 50.0 and config.optim.lr_steps == (3, 5)

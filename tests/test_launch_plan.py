@@ -144,3 +144,12 @@ def test_run_dry_run_prints_the_plan_and_runs_nothing(tmp_path, data_root):
     assert "plan: study align-motifs-p" in done.stdout and "cost" in done.stdout
     assert "validation results" not in done.stdout
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
+
+
+def test_epochs_and_lr_steps_reach_every_trial_config(data_root):
+    """``run --epochs 10 --lr-steps 7`` is the schedule each trial's RunConfig is built with."""
+    plan = plan_study(
+        StudyOptions("align-motifs-p", str(data_root), seeds=(0,), epochs=10, lr_steps=(7,))
+    )
+    trial = RunConfig.from_flat({**plan.param_space, "seed": 0})
+    assert plan.epochs == 10 and trial.optim.epochs == 10 and trial.optim.lr_steps == (7,)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from sgstudy.cli import comma_ints
+
 RUN_EXIT_CODES = """exit status:
   0    every trial finished (also: --resume of a launch that had already finished)
   1    Ray failed the driver (one line says why); --resume continues the launch
@@ -15,15 +17,6 @@ RUN_EXIT_CODES = """exit status:
   3    the launch ended but trials failed ("N of M trials failed: ..." names their runs;
        each FAILED run carries the reason as tag sgstudy.failure and traceback.txt)
   130  interrupted (Ctrl-C): finish the launch with the same command and --resume"""
-
-
-def comma_ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
 
 
 def comma_floats(text: str) -> tuple[float, ...]:
@@ -85,6 +78,7 @@ def options_from_args(args: argparse.Namespace) -> object:
         optuna_storage=args.optuna_storage,
         storage_path=args.storage_path,
         epochs=args.epochs,
+        lr_steps=args.lr_steps,
         name=args.name,
         values=args.values,
         max_failures=args.max_failures,
@@ -223,6 +217,10 @@ def add_launch_flags(p: argparse.ArgumentParser) -> None:
         "--values", type=comma_floats, help="replace the swept p or λ values, e.g. 0.1,0.3"
     )
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument(
+        "--lr-steps", type=comma_ints,
+        help="epochs after which the lr is multiplied by 0.1, e.g. 7 (default: none)",
+    )  # fmt: skip
     p.add_argument(
         "--detector", help="trained detector checkpoint for every trial (SGDet studies need one)"
     )

@@ -57,6 +57,7 @@ class StudyOptions:
     optuna_storage: str | None = None
     storage_path: str = "ray_results"
     epochs: int | None = None
+    lr_steps: tuple[int, ...] | None = None
     name: str | None = None
     values: tuple[float, ...] | None = None
     max_failures: int = 2
@@ -110,6 +111,8 @@ def plan_study(options: StudyOptions) -> StudyPlan:
         param_space["detector_checkpoint"] = detector
     if options.epochs is not None:
         param_space["epochs"] = options.epochs
+    if options.lr_steps is not None:
+        param_space["lr_steps"] = ",".join(str(step) for step in options.lr_steps)
     # Validates the override; the study's model family may have its own default epochs.
     epochs = RunConfig.from_flat({**param_space, **spec.model_keys}).optim.epochs
     if options.fail_once_at_epoch is not None:
