@@ -325,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data:
         from sgstudy.data.synthetic import generate_synthetic_dataset
 
-        generate_synthetic_dataset(data, SYNTH_IMAGES, SYNTH_IMAGE_SIZE, 0, progress=False)
+        # The split the README's measurements used (before the embedded default's val grew).
+        generate_synthetic_dataset(
+            data, SYNTH_IMAGES, SYNTH_IMAGE_SIZE, 0, progress=False, val_fraction=0.15
+        )
     baseline = None
     if not args.no_baseline:
         (root / "unkilled").mkdir(parents=True, exist_ok=True)

@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--test-fraction", type=float, help="share of images in test (0.3)")
     synth.add_argument(
-        "--val-fraction", type=float, help="share of the non-test images held out as val (0.15)"
+        "--val-fraction", type=float, help="share of the non-test images held out as val (0.43)"
     )
     synth.set_defaults(handler=cmd_data_synth)
     synth_rr = data_sub.add_parser(
