@@ -55,7 +55,5 @@ def test_dsg_overfits_a_handful_of_queries(synthetic_root, tmp_path):
     learned = mean_iou(model, images, targets, num_predicates)
     random = mean_iou(RandomBoxBaseline(seed=0), images, targets, num_predicates)
     # Measured on a 2-core CPU: 0.87 (subject 0.89, object 0.86) against the random boxes' 0.04.
-    # What is left below 1 is the 14 x 14 grid of iou_test on 64 px images and box refinement
-    # that stops a few pixels off.
     assert learned >= 0.8, f"DSG reached mean IoU {learned:.2f} on the queries it trained on"
     assert learned >= random + 0.5, f"DSG {learned:.2f} vs random boxes {random:.2f}"
