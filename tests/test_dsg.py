@@ -204,7 +204,12 @@ def test_two_step_falls_back_to_the_most_probable_triplet():
 
 # ---------------------------------------------------------------- training defaults
 def test_dsg_trains_with_the_papers_sgd_defaults_unless_told_otherwise():
-    paper = RunConfig.from_flat({"model": "dsg"}).optim
+    paper = RunConfig.from_flat({"model": "dsg", "preset": "paper"}).optim
     assert (paper.optimizer, paper.lr, paper.momentum, paper.batch_size) == ("sgd", 1e-3, 0.9, 1)
-    assert RunConfig.from_flat({"model": "dsg", "lr": 0.02}).optim.lr == 0.02
+    assert paper.epochs == 20
+    assert RunConfig.from_flat({"model": "dsg", "preset": "paper", "lr": 0.05}).optim.lr == 0.05
+    # tiny: the CPU budget of the README's learnability runs; flags still override it.
+    tiny = RunConfig.from_flat({"model": "dsg", "preset": "tiny"}).optim
+    assert (tiny.optimizer, tiny.lr, tiny.batch_size, tiny.epochs) == ("sgd", 0.02, 4, 2)
+    assert RunConfig.from_flat({"model": "dsg", "epochs": 5}).optim.epochs == 5
     assert RunConfig.from_flat({"model": "motifs"}).optim.lr == OptimConfig().lr

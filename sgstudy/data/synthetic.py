@@ -54,10 +54,10 @@ from sgstudy.errors import ConfigError
 
 GENERATOR_VERSION = 1
 TEST_FRACTION = 0.3
-# Val is large so that the embedded default (2,000 images) resolves effects of 1-2 points:
-# 602 val images. With the earlier 15% (210 images) Motifs' val mR@50 at the demo's 4 epochs
-# varied between 4 seeds with a std of 2.4 points; with 602 it was 0.7 (README, "Relation
-# alignment, measured").
+# Val is large so that studies on the embedded default (2,000 images: 602 val) can resolve
+# effects of 1-2 points. With the earlier 15% (210 images) Motifs' val mR@50 at the demo's 4
+# epochs varied between 4 seeds with a std of 2.4 points, with 43% by 0.7 (README, "Sizing the
+# embedded default, measured", which also says what part of that the val size explains).
 VAL_FRACTION = 0.43
 JPEG_QUALITY = 92
 MIN_IMAGE_SIZE = 32
