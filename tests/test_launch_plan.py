@@ -32,10 +32,12 @@ def data_root(synthetic_root_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_calibration_times_real_training_steps(data_root):
+def test_calibration_times_real_training_steps(data_root, tmp_path):
     """Three timed steps of an Align-Motifs trial (after the warm-up) and its val batches:
     every time positive, and the epoch estimate is steps × mean step + batches × mean batch."""
-    plan = plan_study(StudyOptions("align-motifs-p", str(data_root), seeds=(0,)))
+    plan = plan_study(
+        StudyOptions("align-motifs-p", str(data_root), seeds=(0,), storage_path=str(tmp_path))
+    )
     variant, flat = calibration_trial(plan)
     assert variant == "p=0.05" and flat["align"] is True
     measured = measure_trial(flat, variant, steps=3, eval_batches=2)
@@ -51,14 +53,14 @@ def test_calibration_times_real_training_steps(data_root):
     assert half_width > 0
 
 
-def test_plan_turns_measured_times_into_wall_time_gpu_hours_and_cost(data_root):
+def test_plan_turns_measured_times_into_wall_time_gpu_hours_and_cost(data_root, tmp_path):
     """12 trials of half a GPU on a 2-GPU, 8-CPU cluster run 4 at once in 3 waves; a trial of
     4 epochs × (10 steps of 1 s + 2 val batches of 0.5 s) + 2 s set-up takes 46 s, so the wall
     time is 138 s and the GPU-hours 12 × 0.5 × 46 / 3600, at $3 per GPU-hour."""
     # A cluster's address: the plan is not checked against this GPU-less machine.
     options = StudyOptions(
         "align-motifs-p", str(data_root), seeds=(0, 1), gpus_per_trial=0.5, epochs=4,
-        address="10.0.0.1:6379",
+        address="10.0.0.1:6379", storage_path=str(tmp_path),
     )  # fmt: skip
     plan = plan_study(options)
     cluster = {"CPU": 8.0, "GPU": 2.0}
@@ -82,8 +84,10 @@ def test_plan_turns_measured_times_into_wall_time_gpu_hours_and_cost(data_root):
     assert f"cost         ${gpu_hours * 3:.2f}" in text
 
 
-def test_plan_without_calibration_says_times_are_not_measured(data_root):
-    plan = plan_study(StudyOptions("align-motifs-tpe", str(data_root), seeds=(0,)))
+def test_plan_without_calibration_says_times_are_not_measured(data_root, tmp_path):
+    plan = plan_study(
+        StudyOptions("align-motifs-tpe", str(data_root), seeds=(0,), storage_path=str(tmp_path))
+    )
     estimate = estimate_launch(plan, {"CPU": 2.0}, 2, None)
     text = format_plan(estimate)
     assert "12 = 12 search trials × 1 seeds" in text
@@ -146,10 +150,12 @@ def test_run_dry_run_prints_the_plan_and_runs_nothing(tmp_path, data_root):
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
 
 
-def test_epochs_and_lr_steps_reach_every_trial_config(data_root):
+def test_epochs_and_lr_steps_reach_every_trial_config(data_root, tmp_path):
     """``run --epochs 10 --lr-steps 7`` is the schedule each trial's RunConfig is built with."""
-    plan = plan_study(
-        StudyOptions("align-motifs-p", str(data_root), seeds=(0,), epochs=10, lr_steps=(7,))
-    )
+    options = StudyOptions(
+        "align-motifs-p", str(data_root), seeds=(0,), epochs=10, lr_steps=(7,),
+        storage_path=str(tmp_path),
+    )  # fmt: skip
+    plan = plan_study(options)
     trial = RunConfig.from_flat({**plan.param_space, "seed": 0})
     assert plan.epochs == 10 and trial.optim.epochs == 10 and trial.optim.lr_steps == (7,)
