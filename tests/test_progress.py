@@ -23,6 +23,11 @@ def test_line_names_the_trial_its_recalls_its_time_and_the_launch_eta():
     )
     failed = progress_line(4, 12, "p=0.2 seed 0", {}, None, None, NOW, failed=True)
     assert failed == "trial 4/12 p=0.2 seed 0: FAILED; launch ETA unknown"
+    referring = {"mean_iou": 0.235, "subject_iou": 0.215, "object_iou": 0.256}
+    line = progress_line(2, 10, "no-dsg seed 1", referring, 9.0, 60.0, NOW, task="referring")
+    assert line.startswith(
+        "trial 2/10 no-dsg seed 1: mean IoU 23.5, subject IoU 21.5, object IoU 25.6 in 9 s"
+    )
 
 
 def test_callback_counts_finished_trials_and_extrapolates_the_rest(capsys):

@@ -16,21 +16,28 @@ from typing import Any
 
 from ray.tune import Callback
 
-from sgstudy.metric_names import display_name
+from sgstudy.metric_names import MEAN_IOU, OBJECT_IOU, SUBJECT_IOU, display_name
+from sgstudy.tasks import REFERRING, SCENE_GRAPH
 from sgstudy.tracking_ui import trial_run_name
 from trainables.launch_estimate import format_duration
 
-LINE_METRICS = ("mR_50", "mR_100")
+# What a line shows, per task: the study's selection metric first.
+LINE_METRICS = {
+    SCENE_GRAPH: ("mR_50", "mR_100"),
+    REFERRING: (MEAN_IOU, SUBJECT_IOU, OBJECT_IOU),
+}
 DONE_STATES = ("TERMINATED", "ERROR")
 
 
 def progress_line(
     done: int, total: int, name: str, metrics: dict[str, float], seconds: float | None,
-    eta_s: float | None, now: datetime, failed: bool = False,
+    eta_s: float | None, now: datetime, failed: bool = False, task: str = SCENE_GRAPH,
 ) -> str:  # fmt: skip
     """``trial 3/12 p=0.1 seed 0: mR@50 31.3, mR@100 31.4 in 2.1 min; launch ETA 5.2 min (21:45 UTC)``."""
     scores = ", ".join(
-        f"{display_name(key)} {100 * metrics[key]:.1f}" for key in LINE_METRICS if key in metrics
+        f"{display_name(key)} {100 * metrics[key]:.1f}"
+        for key in LINE_METRICS[task]
+        if key in metrics
     )
     outcome = "FAILED" if failed else (scores or "no metrics")
     took = f" in {format_duration(seconds, 0)}" if seconds is not None else ""
@@ -47,8 +54,9 @@ def progress_line(
 class TrialProgress(Callback):
     """Prints ``progress_line`` for every trial that completes or fails for good."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, task: str = SCENE_GRAPH) -> None:
         self.total = total
+        self.task = task
         self.started = time.monotonic()
         self.finished_here = 0
 
@@ -75,6 +83,6 @@ class TrialProgress(Callback):
         name = trial_run_name(str(config.get("variant", "?")), config.get("seed", "?"))
         line = progress_line(
             done, self.total, name, result, result.get("time_total_s"), eta_s,
-            datetime.now(UTC), failed,
+            datetime.now(UTC), failed, self.task,
         )  # fmt: skip
         print(line, flush=True)

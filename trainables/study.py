@@ -435,7 +435,7 @@ def progress_callback(plan: StudyPlan) -> Any:
     """One line per finished trial (``trainables.progress``)."""
     from trainables.progress import TrialProgress
 
-    return TrialProgress(plan.num_samples)
+    return TrialProgress(plan.num_samples, plan.spec.task)
 
 
 def open_optuna_storage(url: str) -> Any:
