@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sgstudy.errors import UserError
 from sgstudy.metric_names import (
@@ -30,13 +31,22 @@ if TYPE_CHECKING:
 EXIT_USAGE = 2
 
 
-def comma_ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
+def comma_separated(convert: Callable[[str], Any], noun: str) -> Callable[[str], tuple]:
+    """An argparse type for ``0,1,2``-style lists; a bad element is one argparse error."""
+
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(convert(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {noun}, got {text!r}"
+            ) from None
+
+    return parse
+
+
+comma_ints = comma_separated(int, "integers")
+comma_floats = comma_separated(float, "numbers")
 
 
 class OneLineParser(argparse.ArgumentParser):

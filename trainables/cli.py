@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from sgstudy.cli import comma_ints
+from sgstudy.cli import comma_floats, comma_ints
 
 RUN_EXIT_CODES = """exit status:
   0    every trial finished (also: --resume of a launch that had already finished)
@@ -17,15 +17,6 @@ RUN_EXIT_CODES = """exit status:
   3    the launch ended but trials failed ("N of M trials failed: ..." names their runs;
        each FAILED run carries the reason as tag sgstudy.failure and traceback.txt)
   130  interrupted (Ctrl-C): finish the launch with the same command and --resume"""
-
-
-def comma_floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
 
 
 def port_number(text: str) -> int:
