@@ -57,6 +57,7 @@ import torch
 
 from search_spaces.studies import get_study
 from sgstudy.config import RunConfig
+from sgstudy.data.synthetic import EARLIER_VAL_FRACTION
 from sgstudy.metric_names import TRIAL_SETUP_S, TRIAL_TEARDOWN_S
 from sgstudy.tracking import VARIANT_TAG
 from sgstudy.tracking_layout import (
@@ -108,7 +109,7 @@ def synth_dataset(out: Path) -> Path:
     command = sgstudy_command() + ["data", "synth", "--out", str(out)]
     command += ["--num-images", str(SYNTH_IMAGES), "--image-size", str(SYNTH_IMAGE_SIZE)]
     # The split the README's measurements used (before the embedded default's val grew).
-    command += ["--val-fraction", "0.15"]
+    command += ["--val-fraction", str(EARLIER_VAL_FRACTION)]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return out
 

@@ -323,11 +323,16 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="sgstudy-chaos-"))
     data = Path(args.data) if args.data else root / "data"
     if not args.data:
-        from sgstudy.data.synthetic import generate_synthetic_dataset
+        from sgstudy.data.synthetic import EARLIER_VAL_FRACTION, generate_synthetic_dataset
 
         # The split the README's measurements used (before the embedded default's val grew).
         generate_synthetic_dataset(
-            data, SYNTH_IMAGES, SYNTH_IMAGE_SIZE, 0, progress=False, val_fraction=0.15
+            data,
+            SYNTH_IMAGES,
+            SYNTH_IMAGE_SIZE,
+            0,
+            progress=False,
+            val_fraction=EARLIER_VAL_FRACTION,
         )
     baseline = None
     if not args.no_baseline:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sgstudy.data.synthetic import generate_synthetic_dataset
+from sgstudy.data.synthetic import EARLIER_VAL_FRACTION, generate_synthetic_dataset
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,12 @@ def synthetic_root_factory(tmp_path_factory) -> Callable[..., Path]:
             # The earlier 15% val split: the learnability thresholds of the tests were set on
             # it, and the small sets keep more images for training.
             made[key] = generate_synthetic_dataset(
-                folder, num_images, image_size, seed, progress=False, val_fraction=0.15
+                folder,
+                num_images,
+                image_size,
+                seed,
+                progress=False,
+                val_fraction=EARLIER_VAL_FRACTION,
             )
         return made[key]
 
