@@ -57,6 +57,8 @@ class ReportOutputs:
     files:      every file written, ``index`` included.
     compared:   the (A, B) of the difference plot, if one was drawn.
     logged_to:  the parent run id the files were logged to, if any.
+    convergence: one line per method without alignment (the baselines): how far its runs'
+                selection metric moved over their last epochs (``tables.convergence_line``).
     """
 
     out_dir: Path
@@ -65,6 +67,7 @@ class ReportOutputs:
     files: tuple[Path, ...]
     compared: tuple[str, str] | None
     logged_to: str | None
+    convergence: tuple[str, ...] = ()
 
 
 @dataclass
@@ -128,7 +131,19 @@ def write_report(
         files=tuple(written),
         compared=pair,
         logged_to=parent,
+        convergence=baseline_convergence(results),
     )
+
+
+def selection_name(results: StudyResults) -> str:
+    """Display name of the metric the study's runs were selected on."""
+    return metric_names.display_name(task_of(results.runs["model"].iloc[0]).primary_metric)
+
+
+def baseline_convergence(results: StudyResults) -> tuple[str, ...]:
+    runs = results.runs
+    baselines = [m for m in results.methods if not runs.loc[runs["method"] == m, "align"].any()]
+    return tuple(tables.convergence_line(runs, m, selection_name(results)) for m in baselines)
 
 
 def is_referring_study(results: StudyResults) -> bool:
@@ -203,6 +218,11 @@ def table_sections(
     main_md = tables.markdown_table(main, keys)
     shown = ", ".join(metric_names.display_name(key) for key in keys)
     sections = [Section(f"Results ({shown})", main_md + "\n" + file_links("table_main", formats))]
+    sections.append(
+        Section(
+            "Convergence", tables.convergence_table(results.runs, order, selection_name(results))
+        )
+    )
     if groups:
         sections.append(
             Section(
@@ -289,6 +309,7 @@ def parent_artifact_text(results: StudyResults, name: str) -> str | None:
         except (MlflowException, OSError):
             return None
         return Path(path).read_text()
+
 
 def search_sections(results: StudyResults, out_dir: Path, written: list[Path]) -> list[Section]:
     """Importances, parallel coordinates, p × λ, history and the top 5 of a search study."""

@@ -16,6 +16,9 @@ Frames of ``StudyResults``:
   FINISHED before its last epoch (metric ``epoch`` below param ``epochs``, e.g. stopped by a
   scheduler), FINISHED without any recall metric (IoU metric for a referring-relationship
   model), or without a ``model`` param.
+  Column ``last_change`` (``metric_names.LAST_CHANGE``): the run's selection metric (its task's
+  primary metric) at its last logged epoch minus its value ``CONVERGENCE_EPOCHS`` epochs
+  before, from the metric's history (one history call per finished run); NaN for a shorter run.
 - ``per_predicate``: a long frame of the finished runs' artifacts, one row per
   (run, predicate, K): ``run_id``, ``method``, ``predicate``, ``predicate_id`` (1-based id
   order of the artifact), ``train_count``, ``eval_count``, ``group`` (``head``/``body``/
@@ -188,6 +191,7 @@ def load_study_results(study: str, tracking_uri: str) -> StudyResults:
                 f"{': ' + found if found else ''})"
             )
         runs = frame(kept, metrics=True)
+        runs[metric_names.LAST_CHANGE] = last_changes(client, runs)
         excluded = frame([row for row in rows if row["reason"] is not None], metrics=False)
         swept = methods.swept_params(runs)
         several_protocols = runs["protocol"].nunique() > 1
@@ -259,6 +263,29 @@ def trial_row(study: str, run: Any) -> dict[str, Any]:
     }
     row.update({key: float(metrics[key]) for key in METRIC_COLUMNS if key in metrics})
     return row
+
+
+def last_changes(client: Any, runs: pd.DataFrame) -> list[float]:
+    """``change_over_last_epochs`` of each run's selection metric, in ``runs`` order."""
+
+    def fetch(item: tuple[str, str]) -> float:
+        run_id, model = item
+        key = task_of(model).primary_metric
+        history = {metric.step: metric.value for metric in client.get_metric_history(run_id, key)}
+        return change_over_last_epochs(history, metric_names.CONVERGENCE_EPOCHS)
+
+    with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
+        return list(pool.map(fetch, zip(runs["run_id"], runs["model"])))
+
+
+def change_over_last_epochs(history: dict[int, float], epochs: int) -> float:
+    """``history`` (epoch → value) at its last epoch minus its value ``epochs`` epochs before;
+    NaN when that epoch was never logged."""
+    if not history:
+        return math.nan
+    last = max(history)
+    earlier = history.get(last - epochs)
+    return math.nan if earlier is None else history[last] - earlier
 
 
 def exclusion_reason(status: str, params: dict[str, str], metrics: dict[str, float]) -> str | None:

@@ -295,6 +295,56 @@ def diagnostics_table(summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n\n" + legend_text + "\n"
 
 
+def convergence_cells(changes: pd.Series) -> list[str]:
+    """The non-NaN ``changes`` (fractions) as [mean ± std, largest absolute, "k of m"
+    converged] in points; "–" each when there are none."""
+    values = changes.dropna()
+    if values.empty:
+        return [MARKDOWN.missing] * 3
+    mean = signed_percent(values.mean())
+    if len(values) > 1:
+        mean += f"{MARKDOWN.plus_minus}{100.0 * values.std(ddof=1):.1f}"
+    converged = int((values.abs() < metric_names.CONVERGED_BELOW).sum())
+    return [mean, percent(values.abs().max()), f"{converged} of {len(values)}"]
+
+
+def convergence_table(runs: pd.DataFrame, order: list[str], metric: str) -> str:
+    """Markdown: per method, the change of ``metric`` (a run's selection metric, display name)
+    over each run's last ``CONVERGENCE_EPOCHS`` epochs (``metric_names.LAST_CHANGE``): mean ±
+    std over runs, the largest in size, and how many runs count as converged."""
+    window = metric_names.CONVERGENCE_EPOCHS
+    change = f"Δ {metric}, last {window} epochs"
+    header = [METHOD_HEADER, change, "largest absolute Δ", "converged", "n"]
+    lines = ["| " + " | ".join(header) + " |", "|:---|---:|---:|---:|---:|"]
+    changes = runs.groupby("method", sort=False)[metric_names.LAST_CHANGE]
+    for method in order:
+        values = changes.get_group(method)
+        cells = convergence_cells(values)
+        lines.append("| " + " | ".join([method, *cells, str(len(values))]) + " |")
+    legend_text = (
+        f"Δ: a run's val {metric} at its last epoch minus its value {window} epochs before, in "
+        f"points (mean ± sample std over runs). Converged: runs with |Δ| < "
+        f"{100 * metric_names.CONVERGED_BELOW:g} point. Where the baseline has not converged, "
+        "the table above compares methods at this budget, not at convergence. – : runs "
+        "shorter than the window."
+    )
+    return "\n".join(lines) + "\n\n" + legend_text + "\n"
+
+
+def convergence_line(runs: pd.DataFrame, method: str, metric: str) -> str:
+    """One line for the terminal: how far ``method``'s runs moved over their last epochs."""
+    mean, _, converged = convergence_cells(
+        runs.loc[runs["method"] == method, metric_names.LAST_CHANGE]
+    )
+    window = metric_names.CONVERGENCE_EPOCHS
+    if converged == MARKDOWN.missing:
+        return f"convergence: {method}: runs shorter than {window + 1} epochs, not judged"
+    return (
+        f"convergence: {method}: val {metric} moved {mean} points over the last {window} epochs; "
+        f"{converged} runs moved less than {100 * metric_names.CONVERGED_BELOW:g} point"
+    )
+
+
 def render(summary: pd.DataFrame, keys: list[str], fmt: str) -> str:
     """``fmt`` is ``md``, ``tex`` or ``csv``."""
     if fmt == "md":

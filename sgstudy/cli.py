@@ -367,6 +367,8 @@ def cmd_report(args: argparse.Namespace) -> None:
         metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else None,
     )
     print(outputs.main_table)
+    for line in outputs.convergence:
+        print(line)
     for figure in (path for path in outputs.files if path.suffix == ".png"):
         print(f"figure: {figure}")
     print(f"report written to {outputs.index}")

@@ -55,6 +55,13 @@ TRIAL_TEARDOWN_S = "trial_teardown_s"
 # The metric a study optimises and the reports sort by.
 PRIMARY_METRIC = "mR_50"
 
+# Convergence, as the reports judge it: a run's selection metric at its last epoch minus its
+# value CONVERGENCE_EPOCHS epochs before (report column LAST_CHANGE, a fraction); a run whose
+# change is below CONVERGED_BELOW in size (1 point) counts as converged.
+CONVERGENCE_EPOCHS = 2
+CONVERGED_BELOW = 0.01
+LAST_CHANGE = "last_change"
+
 # Referring relationships (DSG's ``iou_test``): mean over queries of the IoU between the
 # predicted and the GT subject (object) region on a 14 x 14 grid, and the mean of the two,
 # on which DSG selects its model.

@@ -25,7 +25,12 @@ from mlflow.tracking import MlflowClient
 
 from reports import methods, plots, tables
 from reports.report import write_report
-from reports.results import exclusion_reason, load_artifacts, load_study_results
+from reports.results import (
+    change_over_last_epochs,
+    exclusion_reason,
+    load_artifacts,
+    load_study_results,
+)
 from sgstudy.errors import ConfigError, UserError
 from sgstudy.tracking_layout import (
     PARENT_TAG,
@@ -65,14 +70,17 @@ def log_trial(client, experiment_id, parent_id, spec, folder: Path) -> str:
     )
     run_id = run.info.run_id
     params = {"model": "motifs", "protocol": "predcls", "align": str(align), "mask_ratio": str(p),
-              "align_weight": str(lam), "seed": str(seed), "epochs": "2", "lr": "0.02"}  # fmt: skip
-    finals = {"mR_50": mr50, "mR_100": mr100, "R_100": 0.6, "tail_mR_100": 0.05, "epoch": 2}
+              "align_weight": str(lam), "seed": str(seed), "epochs": "3", "lr": "0.02"}  # fmt: skip
+    finals = {"mR_50": mr50, "mR_100": mr100, "R_100": 0.6, "tail_mR_100": 0.05, "epoch": 3}
     finals["pair_rank"] = 40.0 + seed
     if align:
         finals["align_grad_ratio"] = 0.5
-    # Epoch 1 logs other values: the report must read the last epoch's.
-    metrics = [Metric(key, 0.01, 0, 1) for key in finals]
-    metrics += [Metric(key, float(value), 0, 2) for key, value in finals.items()]
+    # Epochs 1 and 2 log other values: the report must read the last epoch's. mR@50 moves by
+    # 0.4 points over the last 2 epochs with seed 0 and by 1.2 with seed 1 (convergence table).
+    metrics = [Metric(key, 0.01, 0, 1) for key in finals if key != "mR_50"]
+    metrics.append(Metric("mR_50", mr50 - 0.004 * (1 + 2 * seed), 0, 1))
+    metrics += [Metric(key, 0.01, 0, 2) for key in finals]
+    metrics += [Metric(key, float(value), 0, 3) for key, value in finals.items()]
     client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
     if recall100 is not None:
         record = {
@@ -141,6 +149,21 @@ def test_results_keep_finished_runs_and_list_the_others(store, p_results):
     # Final value = the last epoch's, not the first one's.
     assert aligned["mR_50"] == 0.237 and aligned["tail_mR_100"] == 0.05
     assert math.isnan(aligned["zR_20"])
+    # The change of mR@50 over the last 2 epochs, from the metric's history.
+    assert aligned["last_change"] == pytest.approx(0.004)
+    assert baseline["last_change"] == pytest.approx(0.004)
+    assert runs.loc[runs["run_name"] == "baseline seed=1", "last_change"].item() == (
+        pytest.approx(0.012)
+    )
+
+
+def test_change_over_the_last_epochs():
+    assert change_over_last_epochs({1: 0.1, 2: 0.2, 3: 0.25}, 2) == pytest.approx(0.15)
+    assert change_over_last_epochs({1: 0.1, 2: 0.2, 3: 0.25}, 1) == pytest.approx(0.05)
+    # Too short, a gap at the earlier epoch, or nothing logged: no change can be given.
+    assert math.isnan(change_over_last_epochs({1: 0.1, 2: 0.2}, 2))
+    assert math.isnan(change_over_last_epochs({1: 0.1, 3: 0.3, 4: 0.35}, 2))
+    assert math.isnan(change_over_last_epochs({}, 2))
 
 
 def test_per_predicate_frame_is_long_and_complete(p_results):
@@ -362,6 +385,14 @@ def test_write_report_files_index_and_logged_artifacts(store, tmp_path):
     # Diagnostics per method; the baseline has no alignment gradient.
     assert "| Motifs | 40.50 ± 0.71 | – | 2 |" in index
     assert "| Align-Motifs (p = 0.05) | 40.00 | 0.50 | 1 |" in index
+    # Convergence per method: seed 0 moved 0.4 points over its last 2 epochs, seed 1 1.2.
+    assert "| Method | Δ mR@50, last 2 epochs | largest absolute Δ | converged | n |" in index
+    assert "| Motifs | +0.8 ± 0.6 | 1.2 | 1 of 2 | 2 |" in index
+    assert "| Align-Motifs (p = 0.05) | +0.4 | 0.4 | 1 of 1 | 1 |" in index
+    assert outputs.convergence == (
+        "convergence: Motifs: val mR@50 moved +0.8 ± 0.6 points over the last 2 epochs; "
+        "1 of 2 runs moved less than 1 point",
+    )
     logged = store["client"].list_artifacts(store["p_parent"], "report")
     assert {Path(item.path).name for item in logged} == names
     assert outputs.logged_to == store["p_parent"]
