@@ -150,12 +150,14 @@ def test_run_dry_run_prints_the_plan_and_runs_nothing(tmp_path, data_root):
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
 
 
-def test_epochs_and_lr_steps_reach_every_trial_config(data_root, tmp_path):
-    """``run --epochs 10 --lr-steps 7`` is the schedule each trial's RunConfig is built with."""
+def test_epochs_lr_steps_lr_and_batch_size_reach_every_trial_config(data_root, tmp_path):
+    """``run --epochs 10 --lr-steps 7 --lr 0.05 --batch-size 4`` is the schedule each trial's
+    RunConfig is built with."""
     options = StudyOptions(
-        "align-motifs-p", str(data_root), seeds=(0,), epochs=10, lr_steps=(7,),
-        storage_path=str(tmp_path),
+        "align-motifs-p", str(data_root), seeds=(0,), epochs=10, lr_steps=(7,), lr=0.05,
+        batch_size=4, storage_path=str(tmp_path),
     )  # fmt: skip
     plan = plan_study(options)
     trial = RunConfig.from_flat({**plan.param_space, "seed": 0})
     assert plan.epochs == 10 and trial.optim.epochs == 10 and trial.optim.lr_steps == (7,)
+    assert trial.optim.lr == 0.05 and trial.optim.batch_size == 4

@@ -70,6 +70,8 @@ def options_from_args(args: argparse.Namespace) -> object:
         storage_path=args.storage_path,
         epochs=args.epochs,
         lr_steps=args.lr_steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
         name=args.name,
         values=args.values,
         max_failures=args.max_failures,
@@ -212,6 +214,10 @@ def add_launch_flags(p: argparse.ArgumentParser) -> None:
         "--lr-steps", type=comma_ints,
         help="epochs after which the lr is multiplied by 0.1, e.g. 7 (default: none)",
     )  # fmt: skip
+    p.add_argument("--lr", type=float, help="override the model family's (or preset's) lr")
+    p.add_argument(
+        "--batch-size", type=int, help="override the model family's (or preset's) batch size"
+    )
     p.add_argument(
         "--detector", help="trained detector checkpoint for every trial (SGDet studies need one)"
     )

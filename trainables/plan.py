@@ -58,6 +58,8 @@ class StudyOptions:
     storage_path: str = "ray_results"
     epochs: int | None = None
     lr_steps: tuple[int, ...] | None = None
+    lr: float | None = None
+    batch_size: int | None = None
     name: str | None = None
     values: tuple[float, ...] | None = None
     max_failures: int = 2
@@ -113,6 +115,10 @@ def plan_study(options: StudyOptions) -> StudyPlan:
         param_space["epochs"] = options.epochs
     if options.lr_steps is not None:
         param_space["lr_steps"] = ",".join(str(step) for step in options.lr_steps)
+    if options.lr is not None:
+        param_space["lr"] = options.lr
+    if options.batch_size is not None:
+        param_space["batch_size"] = options.batch_size
     # Validates the override; the study's model family may have its own default epochs.
     epochs = RunConfig.from_flat({**param_space, **spec.model_keys}).optim.epochs
     if options.fail_once_at_epoch is not None:
