@@ -29,6 +29,7 @@ demo: $(STAMP) $(DATA)/VG-SGG-with-attri.h5
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Every test, the slow end-to-end ones too (24-run grid, SIGINT resume); CI runs `make test`.

@@ -245,8 +245,12 @@ STUDIES: dict[str, StudySpec] = {
         "(--detector); the supplement's Figure 2",
         grid={
             BASELINE: {"align": False, "mask_ratio": DEFAULT_P, "align_weight": DEFAULT_LAMBDA},
-            variant_name("mask_ratio", DEFAULT_P) + ", " + variant_name("align_weight", DEFAULT_LAMBDA): {
-                "align": True, "mask_ratio": DEFAULT_P, "align_weight": DEFAULT_LAMBDA,
+            variant_name("mask_ratio", DEFAULT_P)
+            + ", "
+            + variant_name("align_weight", DEFAULT_LAMBDA): {
+                "align": True,
+                "mask_ratio": DEFAULT_P,
+                "align_weight": DEFAULT_LAMBDA,
             },
         },  # fmt: skip
         model_keys=SGTR_KEYS,

@@ -96,8 +96,17 @@ def image_ids(dataset):
 
 def test_writer_then_reader_round_trip(root):
     data, original = read_vg(root), hand_made_data()
-    for name in ("split", "labels", "boxes_1024", "relationships", "predicates",
-                 "img_to_first_box", "img_to_last_box", "img_to_first_rel", "img_to_last_rel"):
+    for name in (
+        "split",
+        "labels",
+        "boxes_1024",
+        "relationships",
+        "predicates",
+        "img_to_first_box",
+        "img_to_last_box",
+        "img_to_first_rel",
+        "img_to_last_rel",
+    ):
         np.testing.assert_array_equal(getattr(data, name), getattr(original, name))  # fmt: skip
     assert data.object_classes == ["__background__", "cat", "dog", "ball"]
     assert data.images[3] == ImageInfo(13, 200, 100)

@@ -164,7 +164,7 @@ def test_object_class_is_visible(synthetic_root):
         boxes = target.boxes.numpy()
         for k, (box, label) in enumerate(zip(boxes, target.labels.tolist())):
             others = np.delete(boxes, k, axis=0)
-            touches = (np.minimum(box[2:], others[:, 2:]) >= np.maximum(box[:2], others[:, :2]))
+            touches = np.minimum(box[2:], others[:, 2:]) >= np.maximum(box[:2], others[:, :2])
             if shape(label) == "ring" or touches.all(axis=1).any():
                 continue
             cx, cy = int((box[0] + box[2]) / 2), int((box[1] + box[3]) / 2)

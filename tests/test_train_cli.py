@@ -70,7 +70,10 @@ def test_evaluate_rereads_the_checkpoint(trained_run, capsys):
 
 def test_train_resume_of_a_finished_run_trains_nothing(trained_run, learn_root, capsys):
     argv = ["train", "--data", str(learn_root), "--epochs", "4", "--device", "cpu", "--quiet"]
-    assert main([*argv, "--lr", "0.05", "--batch-size", "4", "--out", str(trained_run), "--resume"]) == 0
+    assert (
+        main([*argv, "--lr", "0.05", "--batch-size", "4", "--out", str(trained_run), "--resume"])
+        == 0
+    )
     assert "nothing to train" in capsys.readouterr().out
 
 

@@ -79,9 +79,8 @@ def exit_status(outcome: StudyOutcome) -> int:
 
 def failure_summary(outcome: StudyOutcome) -> str:
     """The one line that names the failed runs, e.g. ``2 of 4 trials failed: ...``."""
-    return (
-        f"{len(outcome.failed_runs)} of {len(outcome.rows)} trials failed: "
-        + "; ".join(outcome.failed_runs)
+    return f"{len(outcome.failed_runs)} of {len(outcome.rows)} trials failed: " + "; ".join(
+        outcome.failed_runs
     )
 
 
@@ -264,9 +263,7 @@ def finish_launch(plan: StudyPlan, study_run: Any, results: Any) -> StudyOutcome
     from trainables.run_states import reconcile_optuna, settle_runs
 
     rows = result_rows(plan, results)
-    reconcile_optuna(
-        plan.optuna_url, plan.launch, results, TASKS[plan.spec.task].primary_metric
-    )
+    reconcile_optuna(plan.optuna_url, plan.launch, results, TASKS[plan.spec.task].primary_metric)
     errored = {
         str(result.metrics.get("trial_id") or ""): error_of(result)
         for result in results
@@ -355,9 +352,7 @@ def describe_failed(
     """``<run name> (run <id>): <reason>`` of each failed trial, as MLflow names its run."""
     from sgstudy import tracking
 
-    runs = {
-        run.data.tags.get(TRIAL_ID_TAG): run for run in tracking.trial_runs(client, study_run)
-    }
+    runs = {run.data.tags.get(TRIAL_ID_TAG): run for run in tracking.trial_runs(client, study_run)}
     described = []
     for trial_id, (reason, _) in sorted(errored.items()):
         run = runs.get(trial_id)

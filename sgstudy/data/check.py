@@ -60,8 +60,7 @@ def check_dataset(
         f"dataset {root} (fingerprint {statistics.fingerprint})",
         f"{len(data.object_classes) - 1} object classes, "
         f"{len(data.predicate_classes) - 1} predicate classes",
-        f"{data.num_images} images in the h5, all present in {folder}; {opened} opened and "
-        "decoded",
+        f"{data.num_images} images in the h5, all present in {folder}; {opened} opened and decoded",
         f"val = first {splits['val'].num_val_images} non-test images; train keeps only images "
         "with relations",
         "",

@@ -130,7 +130,10 @@ def make_scene(seed: int, index: int, image_size: int) -> tuple[Scene, bytes]:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     scene = Scene(
-        ImageInfo(image_id=index + 1, width=width, height=height), boxes_1024, classes + 1, relations
+        ImageInfo(image_id=index + 1, width=width, height=height),
+        boxes_1024,
+        classes + 1,
+        relations,
     )
     return scene, buffer.getvalue()
 

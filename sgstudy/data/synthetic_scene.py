@@ -230,10 +230,9 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     direction = rng.normal(size=2)
     direction = direction / (np.linalg.norm(direction) + 1e-9)
     strength = rng.uniform(10, 25) / max(width, height)
-    ramp = (
-        np.arange(width, dtype=np.float32)[None, :] * (direction[0] * strength)
-        + np.arange(height, dtype=np.float32)[:, None] * (direction[1] * strength)
-    )
+    ramp = np.arange(width, dtype=np.float32)[None, :] * (direction[0] * strength) + np.arange(
+        height, dtype=np.float32
+    )[:, None] * (direction[1] * strength)
     pixels = rng.standard_normal(size=(height, width, 3), dtype=np.float32)
     pixels *= 9.0
     pixels += ramp[..., None]

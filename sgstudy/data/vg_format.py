@@ -272,9 +272,7 @@ def _check_ids(ids: np.ndarray, num_classes: int, name: str, path: Path) -> None
         )
 
 
-def _check_ranges(
-    first: np.ndarray, last: np.ndarray, count: int, kind: str, path: Path
-) -> None:
+def _check_ranges(first: np.ndarray, last: np.ndarray, count: int, kind: str, path: Path) -> None:
     """first/last inclusive, both -1 or 0 <= first <= last < count."""
     empty = first < 0
     bad = np.flatnonzero(
