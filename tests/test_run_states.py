@@ -247,6 +247,18 @@ def test_resume_with_other_settings_is_refused_naming_them(plan, tmp_path):
     message = str(refused.value)
     assert f"epochs {plan.epochs} (now 8)" in message and "\n" not in message
     assert digest(tmp_path) == before
+    # Tune would restore the launch's schedule and actor reuse whatever the flags say.
+    schedule = dataclasses.replace(
+        plan,
+        param_space={**plan.param_space, "lr": 0.05, "lr_steps": "3"},
+        options=dataclasses.replace(plan.options, reuse_actors=False),
+    )
+    with pytest.raises(UserError) as refused:
+        check_resume(schedule)
+    message = str(refused.value)
+    for setting in ("lr_steps None (now 3)", "lr None (now 0.05)", "reuse_actors True (now False)"):
+        assert setting in message
+    assert digest(tmp_path) == before
 
 
 def test_resuming_a_finished_launch_prints_its_table_and_changes_nothing(plan, tmp_path, capsys):

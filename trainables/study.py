@@ -112,7 +112,7 @@ def run_study(options: StudyOptions) -> StudyOutcome:
 RESUME_SETTINGS = (
     "seeds", "variants", "num_trials", "preset", "epochs", "data_root", "scheduler",
     "gpus_per_trial", "cpus_per_trial", "workers_per_trial", "storage_path", "optuna_storage",
-    "detector_checkpoint",
+    "detector_checkpoint", "lr_steps", "lr", "batch_size", "reuse_actors",
 )  # fmt: skip
 
 
@@ -373,6 +373,12 @@ def launch_params(plan: StudyPlan) -> dict[str, Any]:
         "epochs": plan.epochs,
         "data_root": plan.param_space["data_root"],
         "detector_checkpoint": plan.param_space.get("detector_checkpoint"),
+        # Tune restores a launch's trial configs and its reuse setting: on --resume, a flag
+        # that differs from these would be ignored, so it is refused instead.
+        "lr_steps": plan.param_space.get("lr_steps"),
+        "lr": plan.param_space.get("lr"),
+        "batch_size": plan.param_space.get("batch_size"),
+        "reuse_actors": options.reuse_actors,
         "gpus_per_trial": options.gpus_per_trial,
         "cpus_per_trial": options.cpus_per_trial,
         "workers_per_trial": options.workers_per_trial,
