@@ -156,9 +156,9 @@ def cmd_baseline(args: argparse.Namespace) -> None:
     model = FrequencyBaseline.from_statistics(statistics)
     what = "PredCls"
     if args.detector is not None:
-        from sgstudy.models.detr import load_detr
+        from sgstudy.models.detector import load_any_detector
 
-        detector = load_detr(args.detector, expected_classes=list(statistics.object_classes))
+        detector = load_any_detector(args.detector, list(statistics.object_classes))
         model = DetectionFrequencyBaseline(model, detector)
         what = f"SGDet on the detections of {args.detector}"
     loader = make_loader(load_split(config, args.split), config)

@@ -143,3 +143,39 @@ def test_runs_on_the_synthetic_dataset(synthetic_root):
         assert 0.0 < values[0] <= values[1] <= values[2] <= 1.0, (family, values)
     # Training triplets are all seen by definition, so zero-shot recall has nothing to average.
     assert np.isnan(evaluate("train").metrics["zR_50"])
+
+
+def test_sgdet_baseline_pairs_a_faster_rcnns_own_detections(synthetic_root, tmp_path, capsys):
+    """On a Faster R-CNN checkpoint (Motifs' detector kind), the SGDet baseline pairs the
+    detector's post-processed detections: their boxes, labels and scores, and each pair's
+    predicate scores from the frequency table; ``sgstudy baseline`` reads either kind."""
+    from sgstudy.cli import main
+    from sgstudy.data.dataset import SceneGraphDataset
+    from sgstudy.data.statistics import compute_statistics
+    from sgstudy.models.detector import build_detector, load_any_detector, save_detector
+    from sgstudy.models.frequency import DetectionFrequencyBaseline, all_ordered_pairs
+
+    statistics = compute_statistics(SceneGraphDataset(synthetic_root, "train"))
+    classes = list(statistics.object_classes)
+    torch.manual_seed(0)
+    path = tmp_path / "detector.pt"
+    save_detector(build_detector("tiny", len(classes)), path, "tiny", len(classes), classes)
+    detector = load_any_detector(path, classes)
+    detector.roi_heads.score_thresh = 0.0  # an untrained head's scores are all small
+    model = DetectionFrequencyBaseline(FrequencyBaseline.from_statistics(statistics), detector)
+    image, target = SceneGraphDataset(synthetic_root, "val")[0]
+    (found,) = detector([image])
+    (prediction,) = model([image], [target])
+    assert len(found["labels"]) >= 2
+    assert torch.equal(prediction.boxes, found["boxes"])
+    assert torch.equal(prediction.labels, found["labels"])
+    assert torch.equal(prediction.label_scores, found["scores"])
+    assert torch.equal(prediction.pairs, all_ordered_pairs(len(found["labels"])))
+    table = model.frequency.predicate_distribution
+    pair_labels = found["labels"][prediction.pairs]
+    assert torch.equal(prediction.predicate_scores, table[pair_labels[:, 0], pair_labels[:, 1]])
+
+    argv = ["baseline", "--protocol", "sgdet", "--detector", str(path), "--data"]
+    assert main([*argv, str(synthetic_root), "--split", "val"]) in (0, None)
+    out = capsys.readouterr().out
+    assert f"SGDet on the detections of {path}" in out and "\nmR " in out

@@ -212,6 +212,16 @@ def load_detector(path: str | Path, expected_classes: Sequence[str] | None = Non
     return model
 
 
+def load_any_detector(path: str | Path, expected_classes: Sequence[str] | None = None) -> nn.Module:
+    """The detector of a ``sgstudy train-detector`` checkpoint, whichever its kind."""
+    from sgstudy.models.detr import DETR_KIND, load_detr
+
+    payload = _read_file(Path(path), "detector checkpoint")
+    kind = payload.get("kind", FASTER_RCNN_KIND) if isinstance(payload, dict) else None
+    load = load_detr if kind == DETR_KIND else load_detector
+    return load(path, expected_classes)
+
+
 def write_detector_checkpoint(path: str | Path, payload: dict) -> None:
     """Saves ``payload`` (with its ``kind``) under this project's checkpoint format, atomically."""
     path = Path(path)

@@ -95,11 +95,12 @@ def all_ordered_pairs(num_objects: int, device: torch.device | str = "cpu") -> T
 
 
 class DetectionFrequencyBaseline(nn.Module):
-    """The SGDet frequency baseline on a frozen DETR's entities: every ordered pair of the
-    detector's detections (all its queries, labelled with their best foreground class) gets
-    p(predicate | subject label, object label); the detection scores are the object scores, so
-    a triplet ranks by frequency × subject score × object score. It is the yardstick SGTR must
-    beat on the same detector (``sgstudy baseline --protocol sgdet --detector FILE``)."""
+    """The SGDet frequency baseline on a frozen detector's entities: every ordered pair of the
+    detector's detections gets p(predicate | subject label, object label); the detection
+    scores are the object scores, so a triplet ranks by frequency × subject score × object
+    score. It is the yardstick a relation model must beat on the same detector
+    (``sgstudy baseline --protocol sgdet --detector FILE``): SGTR's DETR or Motifs' Faster
+    R-CNN (``entity_detections`` says which detections each gives)."""
 
     def __init__(self, frequency: FrequencyBaseline, detector: nn.Module) -> None:
         super().__init__()
@@ -111,11 +112,9 @@ class DetectionFrequencyBaseline(nn.Module):
     def forward(
         self, images: list[Tensor], targets: list[SceneGraphTarget]
     ) -> list[SceneGraphPrediction]:
-        from sgstudy.models.detr import detections
-
         table = self.frequency.predicate_distribution
         predictions = []
-        for found in detections(self.detector(images)):
+        for found in entity_detections(self.detector, images):
             labels = found["labels"]
             pairs = all_ordered_pairs(labels.numel(), labels.device)
             predictions.append(
@@ -128,3 +127,14 @@ class DetectionFrequencyBaseline(nn.Module):
                 )
             )
         return predictions
+
+
+def entity_detections(detector: nn.Module, images: list[Tensor]) -> list[dict[str, Tensor]]:
+    """Per image ``{"boxes": (N, 4) xyxy original pixels, "labels": (N,) 1-based, "scores"}``:
+    for a DETR every query with its best foreground class (``detr.detections``); for a Faster
+    R-CNN its own post-processing (per-class NMS, its score threshold and per-image limit)."""
+    from sgstudy.models.detr import DETR, detections
+
+    if isinstance(detector, DETR):
+        return detections(detector(images))
+    return detector(images)
