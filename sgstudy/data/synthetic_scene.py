@@ -230,9 +230,9 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     direction = rng.normal(size=2)
     direction = direction / (np.linalg.norm(direction) + 1e-9)
     strength = rng.uniform(10, 25) / max(width, height)
-    ramp = np.arange(width, dtype=np.float32)[None, :] * (direction[0] * strength) + np.arange(
-        height, dtype=np.float32
-    )[:, None] * (direction[1] * strength)
+    along_x = np.arange(width, dtype=np.float32)[None, :] * (direction[0] * strength)
+    along_y = np.arange(height, dtype=np.float32)[:, None] * (direction[1] * strength)
+    ramp = along_x + along_y
     pixels = rng.standard_normal(size=(height, width, 3), dtype=np.float32)
     pixels *= 9.0
     pixels += ramp[..., None]
