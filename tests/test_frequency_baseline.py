@@ -153,6 +153,7 @@ def test_sgdet_baseline_pairs_a_faster_rcnns_own_detections(synthetic_root, tmp_
     from sgstudy.data.dataset import SceneGraphDataset
     from sgstudy.data.statistics import compute_statistics
     from sgstudy.models.detector import build_detector, load_any_detector, save_detector
+    from sgstudy.models.detr import DETR, DETR_PRESETS, save_detr
     from sgstudy.models.frequency import DetectionFrequencyBaseline, all_ordered_pairs
 
     statistics = compute_statistics(SceneGraphDataset(synthetic_root, "train"))
@@ -174,6 +175,11 @@ def test_sgdet_baseline_pairs_a_faster_rcnns_own_detections(synthetic_root, tmp_
     table = model.frequency.predicate_distribution
     pair_labels = found["labels"][prediction.pairs]
     assert torch.equal(prediction.predicate_scores, table[pair_labels[:, 0], pair_labels[:, 1]])
+
+    # A DETR checkpoint loads as a DETR, whose every query is a detection (``detr.detections``).
+    detr_path = tmp_path / "detr.pt"
+    save_detr(DETR(DETR_PRESETS["tiny"], len(classes) - 1), detr_path, "tiny", classes)
+    assert isinstance(load_any_detector(detr_path, classes), DETR)
 
     argv = ["baseline", "--protocol", "sgdet", "--detector", str(path), "--data"]
     assert main([*argv, str(synthetic_root), "--split", "val"]) in (0, None)

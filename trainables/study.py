@@ -79,9 +79,8 @@ def exit_status(outcome: StudyOutcome) -> int:
 
 def failure_summary(outcome: StudyOutcome) -> str:
     """The one line that names the failed runs, e.g. ``2 of 4 trials failed: ...``."""
-    return f"{len(outcome.failed_runs)} of {len(outcome.rows)} trials failed: " + "; ".join(
-        outcome.failed_runs
-    )
+    failed = "; ".join(outcome.failed_runs)
+    return f"{len(outcome.failed_runs)} of {len(outcome.rows)} trials failed: {failed}"
 
 
 def run_study(options: StudyOptions) -> StudyOutcome:
