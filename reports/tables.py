@@ -333,12 +333,11 @@ def convergence_table(runs: pd.DataFrame, order: list[str], metric: str) -> str:
 
 def convergence_line(runs: pd.DataFrame, method: str, metric: str) -> str:
     """One line for the terminal: how far ``method``'s runs moved over their last epochs."""
-    mean, _, converged = convergence_cells(
-        runs.loc[runs["method"] == method, metric_names.LAST_CHANGE]
-    )
+    changes = runs.loc[runs["method"] == method, metric_names.LAST_CHANGE]
     window = metric_names.CONVERGENCE_EPOCHS
-    if converged == MARKDOWN.missing:
+    if changes.isna().all():
         return f"convergence: {method}: runs shorter than {window + 1} epochs, not judged"
+    mean, _, converged = convergence_cells(changes)
     return (
         f"convergence: {method}: val {metric} moved {mean} points over the last {window} epochs; "
         f"{converged} runs moved less than {100 * metric_names.CONVERGED_BELOW:g} point"

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
 from matplotlib.container import BarContainer
@@ -154,6 +155,13 @@ def test_results_keep_finished_runs_and_list_the_others(store, p_results):
     assert baseline["last_change"] == pytest.approx(0.004)
     assert runs.loc[runs["run_name"] == "baseline seed=1", "last_change"].item() == (
         pytest.approx(0.012)
+    )
+
+
+def test_convergence_line_of_runs_too_short_to_judge():
+    runs = pd.DataFrame({"method": ["Motifs", "Motifs"], "last_change": [math.nan, math.nan]})
+    assert tables.convergence_line(runs, "Motifs", "mR@50") == (
+        "convergence: Motifs: runs shorter than 3 epochs, not judged"
     )
 
 

@@ -204,22 +204,30 @@ def load_detector(path: str | Path, expected_classes: Sequence[str] | None = Non
     recorded, so a detector trained on another dataset is refused with a clear message.
     """
     payload = read_detector_checkpoint(path, FASTER_RCNN_KIND, expected_classes)
+    return faster_rcnn_from_payload(payload, path)
+
+
+def faster_rcnn_from_payload(payload: dict, path: str | Path) -> FasterRCNN:
     model = build_detector(payload["preset"], payload["num_classes"], None, payload["backbone"])
+    load_weights(model, payload, path)
+    return model
+
+
+def load_weights(model: nn.Module, payload: dict, path: str | Path) -> None:
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
         raise UserError(f"detector checkpoint {path} does not fit its own network: {exc}") from exc
-    return model
 
 
 def load_any_detector(path: str | Path, expected_classes: Sequence[str] | None = None) -> nn.Module:
-    """The detector of a ``sgstudy train-detector`` checkpoint, whichever its kind."""
-    from sgstudy.models.detr import DETR_KIND, load_detr
+    """The detector of a ``sgstudy train-detector`` checkpoint, whichever its kind (one read)."""
+    from sgstudy.models.detr import DETR_KIND, detr_from_payload
 
-    payload = _read_file(Path(path), "detector checkpoint")
-    kind = payload.get("kind", FASTER_RCNN_KIND) if isinstance(payload, dict) else None
-    load = load_detr if kind == DETR_KIND else load_detector
-    return load(path, expected_classes)
+    payload = read_detector_checkpoint(path, None, expected_classes)
+    if payload.get("kind", FASTER_RCNN_KIND) == DETR_KIND:
+        return detr_from_payload(payload, path)
+    return faster_rcnn_from_payload(payload, path)
 
 
 def write_detector_checkpoint(path: str | Path, payload: dict) -> None:
@@ -232,9 +240,10 @@ def write_detector_checkpoint(path: str | Path, payload: dict) -> None:
 
 
 def read_detector_checkpoint(
-    path: str | Path, kind: str, expected_classes: Sequence[str] | None = None
+    path: str | Path, kind: str | None, expected_classes: Sequence[str] | None = None
 ) -> dict:
-    """The payload of a checkpoint written by ``sgstudy train-detector`` for a ``kind`` detector.
+    """The payload of a checkpoint written by ``sgstudy train-detector`` for a ``kind`` detector
+    (``None``: any kind).
 
     A checkpoint of another kind, of another dataset's classes (``expected_classes``, background
     first) or not written by sgstudy is refused with one clear message. Checkpoints written
@@ -245,7 +254,7 @@ def read_detector_checkpoint(
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"detector checkpoint {path} was not written by sgstudy train-detector")
     saved_kind = payload.get("kind", FASTER_RCNN_KIND)
-    if saved_kind != kind:
+    if kind is not None and saved_kind != kind:
         raise UserError(
             f"detector checkpoint {path} holds a {saved_kind} detector, not the {kind} this "
             f"model needs (train one with sgstudy train-detector --kind {kind})"

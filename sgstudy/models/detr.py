@@ -40,9 +40,10 @@ from torchvision.models.resnet import BasicBlock, ResNet
 from torchvision.ops import box_convert
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from sgstudy.errors import ConfigError, UserError
+from sgstudy.errors import ConfigError
 from sgstudy.models.detector import (
     load_backbone_weights,
+    load_weights,
     read_detector_checkpoint,
     write_detector_checkpoint,
 )
@@ -331,11 +332,11 @@ def load_detr(path: str | Path, expected_classes: Sequence[str] | None = None) -
 
     ``expected_classes`` (background first) must equal the classes it was trained on.
     """
-    payload = read_detector_checkpoint(path, DETR_KIND, expected_classes)
+    return detr_from_payload(read_detector_checkpoint(path, DETR_KIND, expected_classes), path)
+
+
+def detr_from_payload(payload: dict, path: str | Path) -> DETR:
     widths = DetrWidths(**payload["widths"])
     model = DETR(widths, payload["num_classes"] - 1, frozen_norm=payload["frozen_norm"])
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise UserError(f"detector checkpoint {path} does not fit its own network: {exc}") from exc
+    load_weights(model, payload, path)
     return model
